@@ -1,0 +1,7 @@
+"""Streaming input: shard URLs -> temporal windows -> decode (DALI / CPU) -> Kornia augmentation -> Batch."""
+
+from .batch import Batch
+from .config import BevAugConfig, ImageAugConfig, LoaderConfig
+from .loader import Loader, build_loader
+
+__all__ = ["Batch", "BevAugConfig", "ImageAugConfig", "Loader", "LoaderConfig", "build_loader"]

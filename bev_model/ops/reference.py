@@ -28,10 +28,14 @@ def multi_scale_deformable_attn_reference(
     Returns:
         ``[B, Q, M * D]`` in ``value.dtype``.
     """
-    shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else [tuple(s) for s in spatial_shapes]
+    shapes = (
+        spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else [tuple(s) for s in spatial_shapes]
+    )
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
-    ctype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    ctype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
+    )
     out_dtype = value.dtype
     value = value.to(ctype)
     grids = 2.0 * sampling_locations.to(ctype) - 1.0  # grid_sample wants [-1, 1]

@@ -27,7 +27,11 @@ def check_inputs(
     ):
         if not torch.is_tensor(t):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("value", value), ("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
+    for name, t in (
+        ("value", value),
+        ("sampling_locations", sampling_locations),
+        ("attention_weights", attention_weights),
+    ):
         if t.dtype not in _FLOATS:
             raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {t.dtype}")
     for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):

@@ -1,0 +1,140 @@
+"""BEV detection head: a Deformable-DETR decoder over the BEV map with iterative box refinement.
+
+Queries = ``num_queries`` learned queries (content + position embeddings, reference points from a
+linear layer) **plus** ``num_hybrid`` hybrid queries from first-stage (perspective) proposals: their
+reference points are the proposals' BEV centres, their content an MLP encoding of the proposal
+(normalised centre, log size, sin/cos yaw, velocity, class probabilities), their position an MLP of
+the reference point. Each layer: self-attention, deformable cross-attention into the BEV (one level),
+FFN (post-norm). After each layer a regression branch refines the reference points
+(``ref <- sigmoid(delta + logit(ref))``, detached between layers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .bev_encoder import FFN
+from .box_coder import CODE_SIZE, BoxCoder
+from .config import HeadConfig
+from .ops import MSDeformAttn
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def mlp(dims: list[int]) -> nn.Sequential:
+    """Linear-ReLU stack ``dims[0] -> ... -> dims[-1]`` (no activation after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention -> norm -> deformable cross-attention into the BEV -> norm -> FFN -> norm."""
+
+    def __init__(self, dims: int, cfg: HeadConfig, backend: str) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dims, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(dims)
+        self.cross_attn = MSDeformAttn(dims, cfg.num_heads, 1, cfg.num_points, backend=backend)
+        self.norm2 = nn.LayerNorm(dims)
+        self.ffn = FFN(dims, cfg.ffn_dims, cfg.dropout)
+        self.norm3 = nn.LayerNorm(dims)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, query, pos, ref_xy, value, shapes, starts):
+        """query, pos ``[B, Q, C]``; ref_xy ``[B, Q, 2]`` in [0, 1]; value ``[B, H*W, C]`` -> ``[B, Q, C]``."""
+        q = query + pos
+        query = self.norm1(query + self.dropout(self.self_attn(q, q, query, need_weights=False)[0]))
+        att = self.cross_attn(query + pos, ref_xy[:, :, None], value, shapes, starts)
+        query = self.norm2(query + self.dropout(att))
+        return self.norm3(self.ffn(query))
+
+
+class BEVHead(nn.Module):
+    """Decoder + per-layer class/box/attribute branches.
+
+    Args:
+        dims: C; cfg: HeadConfig; coder: BoxCoder (pc_range); num_classes; num_attrs; hybrid: build the
+        proposal encoders; backend: deformable-attention backend.
+    """
+
+    def __init__(self, dims: int, cfg: HeadConfig, coder: BoxCoder, num_classes: int, num_attrs: int,
+                 hybrid: bool, backend: str = "auto") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.coder = coder
+        self.num_classes = num_classes
+        self.query_embed = nn.Embedding(cfg.num_queries, 2 * dims)
+        self.ref_points = nn.Linear(dims, 3)
+        self.layers = nn.ModuleList(DecoderLayer(dims, cfg, backend) for _ in range(cfg.num_layers))
+        self.cls_branches = nn.ModuleList(
+            nn.Sequential(nn.Linear(dims, dims), nn.LayerNorm(dims), nn.ReLU(inplace=True), nn.Linear(dims, num_classes))
+            for _ in range(cfg.num_layers))
+        self.reg_branches = nn.ModuleList(mlp([dims, dims, dims, CODE_SIZE]) for _ in range(cfg.num_layers))
+        self.attr_branches = nn.ModuleList(nn.Linear(dims, num_attrs) for _ in range(cfg.num_layers))
+        self.hybrid = hybrid
+        if hybrid:
+            self.proposal_content = mlp([3 + 3 + 2 + 2 + num_classes, dims, dims])
+            self.proposal_pos = mlp([3, dims, dims])
+        prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+        for branch in self.cls_branches:
+            nn.init.constant_(branch[-1].bias, float(prior))
+        for branch in self.reg_branches:
+            nn.init.zeros_(branch[-1].weight)
+            nn.init.zeros_(branch[-1].bias)
+            with torch.no_grad():  # log size ~ a car, cos yaw = 1
+                branch[-1].bias[3:6] = torch.tensor([1.4, 0.7, 0.5])
+                branch[-1].bias[7] = 1.0
+        nn.init.uniform_(self.ref_points.weight, -0.1, 0.1)
+        nn.init.zeros_(self.ref_points.bias)
+
+    def encode_proposals(self, proposals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Proposals (``boxes [B, K, 9]``, ``cls_prob [B, K, C]``) -> (content, pos ``[B, K, C]``, ref ``[B, K, 3]``)."""
+        boxes = proposals["boxes"].detach().float()
+        ref = self.coder.normalize_xyz(boxes[..., :3]).clamp(1e-3, 1 - 1e-3)
+        codes = self.coder.encode(boxes)
+        feats = torch.cat([ref, codes[..., 3:8].clamp(-5, 5), torch.nan_to_num(codes[..., 8:10]).clamp(-20, 20) / 10,
+                           proposals["cls_prob"].detach().float()], -1)
+        feats = torch.nan_to_num(feats)
+        return self.proposal_content(feats), self.proposal_pos(ref), ref
+
+    def forward(self, bev: torch.Tensor, proposals: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            bev: ``[B, C, H, W]`` fused BEV features.
+            proposals: optional first-stage proposals (see :meth:`encode_proposals`), ``K`` per sample.
+        Returns:
+            ``cls [Ly, B, Q, num_classes]`` logits, ``codes [Ly, B, Q, 10]`` (centre in metres, see BoxCoder),
+            ``attr [Ly, B, Q, A]`` logits, ``ref [B, Q, 3]`` the initial reference points; ``Q = num_queries (+ K)``.
+        """
+        B, C, H, W = bev.shape
+        value = bev.flatten(2).transpose(1, 2)  # [B, H*W, C]
+        shapes = torch.tensor([[H, W]], dtype=torch.long, device=bev.device)
+        starts = torch.zeros(1, dtype=torch.long, device=bev.device)
+        pos, content = self.query_embed.weight.to(bev.dtype).split(C, -1)
+        ref = self.ref_points(pos).sigmoid()[None].expand(B, -1, -1)
+        pos, query = pos[None].expand(B, -1, -1), content[None].expand(B, -1, -1)
+        if self.hybrid and proposals is not None:
+            h_query, h_pos, h_ref = self.encode_proposals(proposals)
+            query = torch.cat([query, h_query.to(query.dtype)], 1)
+            pos = torch.cat([pos, h_pos.to(pos.dtype)], 1)
+            ref = torch.cat([ref, h_ref.to(ref.dtype)], 1)
+        init_ref = ref
+        cls_out, code_out, attr_out = [], [], []
+        for i, layer in enumerate(self.layers):
+            query = layer(query, pos, ref[..., :2], value, shapes, starts)
+            delta = self.reg_branches[i](query)
+            new_ref = (delta[..., :3] + inverse_sigmoid(ref)).sigmoid()
+            code_out.append(torch.cat([self.coder.denormalize_xyz(new_ref), delta[..., 3:]], -1))
+            cls_out.append(self.cls_branches[i](query))
+            attr_out.append(self.attr_branches[i](query))
+            ref = new_ref.detach()
+        return {"cls": torch.stack(cls_out), "codes": torch.stack(code_out), "attr": torch.stack(attr_out),
+                "ref": init_ref}

@@ -1,0 +1,109 @@
+"""CPU JPEG decoding with DCT-domain downscaling (PIL ``Image.draft``, libjpeg-turbo).
+
+Every decoder maps a source image to the output through the same crop-and-resize, whose
+3x3 matrix on pixel coordinates (integer coordinates at pixel centres) is
+:func:`decode_matrix`::
+
+    x' + 0.5 = s_x * (x + 0.5 - x0)      s_x = W_out / (x1 - x0)
+
+(the half-pixel convention of PIL, DALI and OpenCV resizes). When the crop is at least 2, 4
+or 8 times the output, libjpeg decodes directly at 1/2, 1/4 or 1/8 scale in the DCT domain
+(pixel i of the reduced image covers source pixels [r*i, r*(i+1)), the same convention), and
+only the remaining resize is done in pixels.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+class DecodeError(ValueError):
+    """A JPEG could not be decoded or has the wrong size."""
+
+
+def crop_pixels(src_w: int, src_h: int, crop_box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """Fractional crop box -> integer pixel box (left, top, right, bottom) of the source."""
+    l, t, r, b = crop_box
+    return round(l * src_w), round(t * src_h), round(r * src_w), round(b * src_h)
+
+
+def decode_matrix(src_w: int, src_h: int, crop_box: tuple[float, float, float, float],
+                  out_hw: tuple[int, int]) -> np.ndarray:
+    """``[3, 3]`` float64 map from source pixel coordinates to decoded pixel coordinates."""
+    x0, y0, x1, y1 = crop_pixels(src_w, src_h, crop_box)
+    h, w = out_hw
+    sx, sy = w / (x1 - x0), h / (y1 - y0)
+    return np.array([[sx, 0.0, sx * (0.5 - x0) - 0.5],
+                     [0.0, sy, sy * (0.5 - y0) - 0.5],
+                     [0.0, 0.0, 1.0]])
+
+
+def draft_factor(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
+    """Largest r in (1, 2, 4, 8) with crop / r still >= the output size in both axes."""
+    r = 1
+    for f in (2, 4, 8):
+        if crop_w // f >= out_w and crop_h // f >= out_h:
+            r = f
+    return r
+
+
+class CpuDecoder:
+    """PIL decoder: DCT-domain downscale where possible, then crop+resize to the exact size.
+
+    ``decode(jpeg_bytes, (src_w, src_h)) -> [H, W, 3] uint8`` RGB; raises :class:`DecodeError`
+    when the data is not a complete JPEG of the expected size.
+    """
+
+    def __init__(self, out_hw: tuple[int, int], crop_box: tuple[float, float, float, float],
+                 use_draft: bool = True):
+        self.out_hw = (int(out_hw[0]), int(out_hw[1]))
+        self.crop_box = tuple(crop_box)
+        self.use_draft = use_draft
+
+    def decode(self, data: bytes, src_wh: tuple[int, int]) -> np.ndarray:
+        src_w, src_h = int(src_wh[0]), int(src_wh[1])
+        h, w = self.out_hw
+        x0, y0, x1, y1 = crop_pixels(src_w, src_h, self.crop_box)
+        try:
+            im = Image.open(io.BytesIO(data))
+            if im.format != "JPEG":
+                raise DecodeError(f"not a JPEG ({im.format})")
+            if im.size != (src_w, src_h):
+                raise DecodeError(f"JPEG is {im.size[0]}x{im.size[1]}, sidecar says {src_w}x{src_h}")
+            r = draft_factor(x1 - x0, y1 - y0, w, h) if self.use_draft else 1
+            if r > 1:
+                im.draft("RGB", (-(-src_w // r), -(-src_h // r)))
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+        except DecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad data
+            raise DecodeError(f"{type(e).__name__}: {e}") from e
+        if im.size == (-(-src_w // r), -(-src_h // r)):
+            r = float(r)  # DCT scaling: reduced pixel i covers source pixels [r*i, r*(i+1))
+        else:
+            r = src_w / im.size[0]
+        box = (x0 / r, y0 / r, x1 / r, y1 / r)
+        if all(float(v).is_integer() for v in box) and (box[2] - box[0], box[3] - box[1]) == (w, h):
+            im = im.crop(tuple(int(v) for v in box))
+        else:
+            im = im.resize((w, h), Image.BILINEAR, box=box, reducing_gap=None)
+        out = np.asarray(im)
+        if out.shape != (h, w, 3):  # pragma: no cover - defensive
+            raise DecodeError(f"decoded shape {out.shape}, expected {(h, w, 3)}")
+        return out
+
+    def decode_many(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[np.ndarray | Exception]:
+        out: list[np.ndarray | Exception] = []
+        for d, wh in zip(datas, src_whs):
+            try:
+                out.append(self.decode(d, wh))
+            except DecodeError as e:
+                out.append(e)
+        return out

@@ -1,0 +1,129 @@
+"""Per-shard metadata from the Arrow sidecar, as numpy arrays (one shard at a time).
+
+The sidecar is the only metadata source: memory-mapped for local shards, fetched once for
+remote ones, opened by the worker that reads the shard (never copied between workers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from shards.conventions import CAMERAS, attribute_index
+
+from .urls import IOOptions, local_path, read_bytes, scheme_of
+
+
+def open_sidecar_table(url: str, io_opts: IOOptions | None = None) -> pa.Table:
+    """The sidecar table of a shard: memory-mapped when local, fetched once when remote."""
+    from shards.reader import open_sidecar
+
+    if scheme_of(url) in ("", "file"):
+        return open_sidecar(local_path(url))
+    return open_sidecar(bytes(read_bytes(url, io_opts)))
+
+
+def _list_values(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return offsets, arr.values
+
+
+def _fixed(values: pa.Array, width: int) -> np.ndarray:
+    flat = values.flatten() if pa.types.is_fixed_size_list(values.type) else values
+    return np.asarray(flat.to_numpy(zero_copy_only=False)).reshape(-1, width)
+
+
+@dataclass
+class ShardMeta:
+    """Numpy view of one sidecar. Row i describes the i-th sample of the tar.
+
+    Shapes: ``N`` rows, ``C`` = 6 cameras, ``G`` total boxes over all rows.
+    """
+
+    url: str
+    keys: list[str]
+    sample_token: list[str]
+    scene_token: list[str]
+    frame_index: np.ndarray  # [N] int64
+    timestamp: np.ndarray  # [N] int64
+    ego2global: np.ndarray  # [N, 4, 4] float64
+    intrinsics: np.ndarray  # [N, C, 3, 3] float64
+    cam2ego: np.ndarray  # [N, C, 4, 4] float64
+    cam_ego2global: np.ndarray  # [N, C, 4, 4] float64
+    cam_size: np.ndarray  # [N, C, 2] int64 (width, height)
+    box_offsets: np.ndarray  # [N + 1] into the box arrays
+    boxes: np.ndarray  # [G, 9] float32
+    labels: np.ndarray  # [G] int64
+    attrs: np.ndarray  # [G] int64
+    num_pts: np.ndarray  # [G] int64 (lidar + radar)
+    visibility: np.ndarray  # [G] int64
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.keys)
+
+    def row_of(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+    @classmethod
+    def from_table(cls, url: str, t: pa.Table) -> ShardMeta:
+        n = t.num_rows
+        cams_off, cams = _list_values(t.column("cameras"))
+        if not np.array_equal(np.diff(cams_off), np.full(n, len(CAMERAS))):
+            raise ValueError(f"sidecar {url}: every row needs {len(CAMERAS)} cameras")
+        names = cams.field("name").to_pylist()
+        expected = list(CAMERAS) * n
+        if names != expected:
+            bad = next(i for i, (a, b) in enumerate(zip(names, expected)) if a != b)
+            raise ValueError(f"sidecar {url}: row {bad // len(CAMERAS)} camera {bad % len(CAMERAS)} is "
+                             f"{names[bad]!r}, expected {expected[bad]!r} (camera order)")
+        c = len(CAMERAS)
+        k = _fixed(cams.field("intrinsic"), 9).reshape(n, c, 3, 3)
+        c2e = _fixed(cams.field("cam2ego"), 16).reshape(n, c, 4, 4)
+        ce2g = _fixed(cams.field("ego2global"), 16).reshape(n, c, 4, 4)
+        size = np.stack([cams.field("width").to_numpy(zero_copy_only=False),
+                         cams.field("height").to_numpy(zero_copy_only=False)], -1).astype(np.int64).reshape(n, c, 2)
+        box_off, box_vals = _list_values(t.column("gt_boxes"))
+        boxes = _fixed(box_vals, 9).astype(np.float32)
+
+        def ints(name: str) -> np.ndarray:
+            off, vals = _list_values(t.column(name))
+            if not np.array_equal(off, box_off):
+                raise ValueError(f"sidecar {url}: column {name} does not align with gt_boxes")
+            return np.asarray(vals.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+        attr_off, attr_vals = _list_values(t.column("gt_attrs"))
+        attrs = np.array([attribute_index(a) for a in attr_vals.to_pylist()], dtype=np.int64)
+        return cls(
+            url=url,
+            keys=t.column("key").to_pylist(),
+            sample_token=t.column("sample_token").to_pylist(),
+            scene_token=t.column("scene_token").to_pylist(),
+            frame_index=np.asarray(t.column("frame_index").to_numpy(), dtype=np.int64),
+            timestamp=np.asarray(t.column("timestamp").to_numpy(), dtype=np.int64),
+            ego2global=np.asarray(_fixed(t.column("ego2global").combine_chunks(), 16)).reshape(n, 4, 4),
+            intrinsics=k,
+            cam2ego=c2e,
+            cam_ego2global=ce2g,
+            cam_size=size,
+            box_offsets=box_off,
+            boxes=boxes,
+            labels=ints("gt_labels"),
+            attrs=attrs if np.array_equal(attr_off, box_off) else np.full(len(boxes), -1, np.int64),
+            num_pts=ints("num_lidar_pts") + ints("num_radar_pts"),
+            visibility=ints("visibility"),
+        )
+
+    def rows_boxes(self, row: int) -> slice:
+        return slice(int(self.box_offsets[row]), int(self.box_offsets[row + 1]))
+
+
+def load_shard_meta(url: str, io_opts: IOOptions | None = None) -> ShardMeta:
+    return ShardMeta.from_table(url, open_sidecar_table(url, io_opts))
+
+
+def sidecar_num_rows(url: str, io_opts: IOOptions | None = None) -> int:
+    return open_sidecar_table(url, io_opts).num_rows

@@ -1,0 +1,58 @@
+"""``python -m train --config configs/X.yaml [key=value ...] [--resume auto|PATH]``.
+
+Same entry under ``torchrun --nproc_per_node N -m train ...`` and the DeepSpeed launcher
+(``deepspeed --num_gpus N [--hostfile H] --module train ...``). Options: ``--print-ds-config``
+prints the generated DeepSpeed JSON and exits; ``--check`` validates the config (and the JSON,
+with DeepSpeed's parser) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from shards.typed_config import ConfigError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML training config (configs/tiny.yaml, ...)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=2e-4 data.batch_size=2")
+    p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in out_dir) or a checkpoint dir")
+    p.add_argument("--print-ds-config", action="store_true", help="print the generated DeepSpeed JSON and exit")
+    p.add_argument("--check", action="store_true", help="validate the config and the DeepSpeed JSON, then exit")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .config import load_train_config
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        if args.print_ds_config or args.check:
+            from .deepspeed_config import build_ds_config, validate_ds_config
+
+            ds = build_ds_config(cfg)
+            if args.check:
+                validate_ds_config(ds)
+                print(f"config OK: {args.config}")
+            if args.print_ds_config:
+                print(json.dumps(ds, indent=2))
+            return 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from .loop import train
+
+    summary = train(cfg, resume=args.resume)
+    if summary["rank"] == 0:
+        print(json.dumps({"done": True, **summary}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Typed training configuration (``python -m train --config configs/X.yaml [k=v ...]``).
+
+A YAML file holds top-level sections; ``model:`` belongs to ``bev_model`` (``{preset: name,
+...overrides}``), ``data:`` is a ``pipeline.LoaderConfig``, the rest are defined here. Loading is
+strict (``shards.typed_config``): an unknown key, a wrong type, a bad value or a missing local shard
+path raises ``ConfigError`` naming the dotted key before any process group or model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shards.typed_config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+
+Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with parameter groups (BEVFormer v2: lr 4e-4, wd 0.01, backbone lr x 0.5, clip 35).
+
+    ``backbone_prefix``: parameter-name prefix (in the model's ``named_parameters``) of the backbone.
+    ``no_decay_norm_bias``: no weight decay on biases, norm weights and other 1-d parameters.
+    ``grad_clip``: global grad-norm clipping (0 disables).
+    """
+
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    backbone_lr_mult: float = 0.5
+    backbone_prefix: str = "backbone."
+    no_decay_norm_bias: bool = True
+    grad_clip: float = 35.0
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'optim.lr': must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"config key 'optim.betas': need two values in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0 or self.backbone_lr_mult < 0 or self.grad_clip < 0:
+            raise ConfigError("config keys 'optim.weight_decay', 'optim.backbone_lr_mult', 'optim.grad_clip' must be >= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule over ``total_steps`` optimizer steps.
+
+    Linear warm-up from ``warmup_start_factor * lr`` over ``warmup_steps``, then ``cosine`` (to
+    ``min_lr_ratio * lr``), ``step`` (x ``gamma`` at each of ``milestones``) or ``constant``.
+    """
+
+    total_steps: int = 1000
+    warmup_steps: int = 2000
+    warmup_start_factor: float = 1.0 / 3.0
+    kind: Literal["cosine", "step", "constant"] = "cosine"
+    min_lr_ratio: float = 1e-3
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+    def validate(self) -> None:
+        if self.total_steps < 1:
+            raise ConfigError(f"config key 'schedule.total_steps': must be >= 1, got {self.total_steps}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"config key 'schedule.warmup_steps': must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.warmup_start_factor <= 1:
+            raise ConfigError(f"config key 'schedule.warmup_start_factor': must be in (0, 1], got {self.warmup_start_factor}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"config key 'schedule.milestones': must be increasing, got {self.milestones}")
+
+
+@dataclass
+class DeepSpeedSection:
+    """What the generated DeepSpeed JSON holds (``train.deepspeed_config``).
+
+    ``precision``: ``fp32``; ``bf16``/``fp16`` = DeepSpeed's low-precision weights with fp32 master
+    copies in the optimizer; ``bf16-mixed``/``fp16-mixed`` = fp32 weights with ``torch.autocast``
+    around the forward (DeepSpeed ``torch_autocast``; geometry stays fp32).
+    ``offload_optimizer`` (stage >= 1) / ``offload_params`` (stage 3): ZeRO-Offload to CPU memory.
+    ``activation_checkpointing``: force gradient checkpointing of the backbone
+    (``model.backbone.grad_checkpointing``; the ``large`` preset turns it on itself).
+    ``config_json``: a user DeepSpeed JSON deep-merged over the generated one (it wins).
+    ``dist_backend``: ``auto`` = the accelerator's (nccl on CUDA, gloo on CPU).
+    """
+
+    zero_stage: int = 2
+    precision: Precision = "fp32"
+    grad_accum_steps: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    activation_checkpointing: bool = False
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 50_000_000
+    allgather_bucket_size: int = 50_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    communication_data_type: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    config_json: Path | None = None
+    dist_backend: Literal["auto", "nccl", "gloo", "ccl"] = "auto"
+
+    def validate(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"config key 'deepspeed.zero_stage': must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.grad_accum_steps < 1:
+            raise ConfigError(f"config key 'deepspeed.grad_accum_steps': must be >= 1, got {self.grad_accum_steps}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("config key 'deepspeed.offload_optimizer': needs deepspeed.zero_stage >= 1")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("config key 'deepspeed.offload_params': needs deepspeed.zero_stage 3")
+        if self.config_json is not None and not Path(self.config_json).is_file():
+            raise ConfigError(f"config key 'deepspeed.config_json': file not found: {self.config_json}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints under ``{out_dir}/checkpoints/step_XXXXXXXX`` every ``every_steps`` and at the end.
+
+    ``keep_last``: how many complete checkpoints to keep (0 keeps all).
+    """
+
+    every_steps: int = 1000
+    keep_last: int = 3
+    save_final: bool = True
+
+    def validate(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 0:
+            raise ConfigError("config keys 'checkpoint.every_steps'/'checkpoint.keep_last' must be >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    """Per-step JSONL (``{out_dir}/logs/train.jsonl``), TensorBoard (``{out_dir}/tb``), tqdm on rank 0.
+
+    ``max_nonfinite``: stop after this many non-finite losses in a row (each one is skipped).
+    ``log_samples``: every rank appends the sample tokens of each step to
+    ``{out_dir}/logs/samples_rank{r}.jsonl`` (data-position audit).
+    """
+
+    every_steps: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+    max_nonfinite: int = 5
+    log_samples: bool = False
+
+    def validate(self) -> None:
+        if self.every_steps < 1 or self.max_nonfinite < 1:
+            raise ConfigError("config keys 'logging.every_steps'/'logging.max_nonfinite' must be >= 1")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights (fp32 shadow; ZeRO stage 0-2).
+
+    ``decay`` (with ``warmup``: ``min(decay, (1 + n) / (10 + n))`` after n updates).
+    """
+
+    enabled: bool = False
+    decay: float = 0.9998
+    warmup: bool = True
+    every_steps: int = 1
+
+    def validate(self) -> None:
+        if not 0 < self.decay < 1:
+            raise ConfigError(f"config key 'ema.decay': must be in (0, 1), got {self.decay}")
+        if self.every_steps < 1:
+            raise ConfigError(f"config key 'ema.every_steps': must be >= 1, got {self.every_steps}")
+
+
+@dataclass
+class EvalSection:
+    """Periodic evaluation: ``python -m eval --shards {shards} --checkpoint {ckpt} {args...}`` on rank 0.
+
+    ``every_steps``: 0 evaluates only at the end. ``weights``: which weights file of the checkpoint
+    (``weights_fp32.pt`` or ``weights_ema_fp32.pt``).
+    """
+
+    enabled: bool = False
+    every_steps: int = 0
+    shards: str = ""
+    weights: Literal["weights_fp32.pt", "weights_ema_fp32.pt"] = "weights_fp32.pt"
+    args: list[str] = field(default_factory=list)
+    timeout_s: int = 3600
+
+    def validate(self) -> None:
+        if self.enabled and not self.shards:
+            raise ConfigError("config key 'eval.shards': required when eval.enabled is true")
+        if self.enabled and "://" not in self.shards and not Path(self.shards).exists():
+            raise ConfigError(f"config key 'eval.shards': path not found: {self.shards}")
+
+
+def _loader_config_cls() -> type:
+    from pipeline.config import LoaderConfig
+
+    return LoaderConfig
+
+
+@dataclass
+class TrainConfig:
+    """The whole run. ``model`` is ``{preset: name, ...ModelConfig overrides}`` (``bev_model``);
+    ``data`` a ``pipeline.LoaderConfig`` mapping (typed by :func:`load_train_config`)."""
+
+    model: dict[str, Any]
+    data: Any
+    out_dir: Path = Path("runs/default")
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def model_config(self) -> Any:
+        """``bev_model.ModelConfig`` from the ``model`` section (+ forced activation checkpointing)."""
+        from bev_model.presets import model_config_from_dict
+
+        mcfg = model_config_from_dict(self.model, prefix="model")
+        if self.deepspeed.activation_checkpointing:
+            mcfg.backbone.grad_checkpointing = True
+        return mcfg
+
+    def validate(self) -> None:
+        if self.ema.enabled and self.deepspeed.zero_stage == 3:
+            raise ConfigError("config key 'ema.enabled': EMA is supported with deepspeed.zero_stage 0-2")
+        if self.eval.enabled and self.eval.weights == "weights_ema_fp32.pt" and not self.ema.enabled:
+            raise ConfigError("config key 'eval.weights': weights_ema_fp32.pt needs ema.enabled")
+
+
+def _check_local_paths(value: Any, key: str) -> None:
+    """Every local (scheme-less) shard location named under ``data`` must exist."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_local_paths(v, f"{key}[{i}]")
+        return
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value or "://" in value:
+        return
+    if value.startswith("file:"):
+        value = value[len("file:"):]
+    # brace patterns (shard-{000000..000009}.tar) name several files: check their directory
+    probe = Path(value.split("{", 1)[0]).parent if "{" in value else Path(value)
+    if not probe.exists():
+        raise ConfigError(f"config key '{key}': path not found: {value}")
+
+
+SHARD_KEYS = ("shards", "urls", "url", "path", "paths", "root", "manifest", "shard_dir", "shards_dir")
+"""``data.*`` keys that name shard locations (checked for existence when local)."""
+
+
+def build_train_config(data: dict[str, Any]) -> TrainConfig:
+    """Nested mapping -> ``TrainConfig`` (strict); types ``data`` as ``LoaderConfig``, checks the model."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"training config must be a mapping, got {data!r}")
+    data = dict(data)
+    if "data" not in data:
+        raise ConfigError("missing required config key 'data'")
+    if "model" not in data:
+        raise ConfigError("missing required config key 'model'")
+    raw_data = data.pop("data")
+    cfg = from_dict(TrainConfig, {**data, "data": {}})
+    loader_cls = _loader_config_cls()
+    cfg.data = from_dict(loader_cls, raw_data, prefix="data")
+    for f in dataclasses.fields(cfg.data):
+        if f.name in SHARD_KEYS:
+            _check_local_paths(getattr(cfg.data, f.name), f"data.{f.name}")
+    cfg.model_config()  # raises ConfigError naming 'model.<key>'
+    return cfg
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML (optional) + ``a.b=value`` overrides -> validated ``TrainConfig``."""
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides or []))
+    return build_train_config(data)
+
+
+def train_config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """``TrainConfig`` -> plain mapping (YAML-able) that :func:`build_train_config` reads back."""
+    return to_dict(cfg)
