@@ -6,9 +6,10 @@ FCOS3D-style assignment, per camera image and FPN location (pixel centre ``(j + 
    (nuScenes level 1 = 0-40 % visible; "visibility >= 0.2" keeps level >= 1), centre depth
    >= ``min_depth``, projected 3D centre inside the image.
 2. 2D box: the bounding box of the 8 projected corners (depths clamped to 0.1 m), clipped to the image.
-3. A location is a candidate for a GT if it lies inside its 2D box, within ``center_radius`` strides
-   (both axes) of its projected 3D centre (centre sampling), and its largest 2D regression distance
-   falls in the level's ``size_ranges`` entry (level assignment by 2D size).
+3. Level assignment by 2D size: a GT goes to the level whose ``size_ranges`` entry holds half of its
+   2D box's longer side (the largest regression distance at its centre). On that level a location is
+   a candidate if it lies inside the 2D box within ``center_radius`` strides (both axes) of the
+   projected 3D centre (centre sampling), or is the cell containing that centre (always).
 4. Ties go to the GT nearest the camera.
 
 Targets per location: class, 2D ``ltrb`` (pixels), centerness ``exp(-2.5 d^2)`` (``d`` the distance to
@@ -126,14 +127,17 @@ def _sample_targets(boxes, labels, attrs, keep, ego2img, intrinsics, image_hw, l
     px, py = loc.points[None, :, 0, None], loc.points[None, :, 1, None]
     ltrb = torch.stack([px - x1[:, None], py - y1[:, None], x2[:, None] - px, y2[:, None] - py], -1)
     in_box = ltrb.amin(-1) > 0
-    max_reg = ltrb.amax(-1)
-    ranges = torch.tensor(cfg.size_ranges, device=dev, dtype=torch.float32)[loc.level]  # [L, 2]
-    in_range = (max_reg >= ranges[None, :, 0, None]) & (max_reg < ranges[None, :, 1, None])
-    radius = (cfg.center_radius * loc.stride)[None, :, None]
+    # level by the GT's 2D size: half of its longer 2D side falls in the level's range
+    half = torch.maximum(x2 - x1, y2 - y1) / 2  # [N, G]
+    ranges = torch.tensor(cfg.size_ranges, device=dev, dtype=torch.float32)  # [levels, 2]
+    gt_level = ((half[..., None] >= ranges[:, 0]) & (half[..., None] < ranges[:, 1])).float().argmax(-1)
+    same_level = loc.level[None, :, None] == gt_level[:, None, :]
+    stride = loc.stride[None, :, None]
     dx = px - uv[:, None, :, 0]
     dy = py - uv[:, None, :, 1]
-    in_centre = (dx.abs() < radius) & (dy.abs() < radius)
-    cand = valid[:, None, :] & in_box & in_range & in_centre
+    in_centre = (dx.abs() < cfg.center_radius * stride) & (dy.abs() < cfg.center_radius * stride)
+    centre_cell = (dx.abs() <= stride / 2) & (dy.abs() <= stride / 2)  # always positive, even for tiny boxes
+    cand = valid[:, None, :] & same_level & ((in_box & in_centre) | centre_cell)
     cost = torch.where(cand, depth[:, None, :].expand(N, L, G), torch.full_like(ltrb[..., 0], float("inf")))
     best_cost, best = cost.min(-1)  # [N, L]
     pos = torch.isfinite(best_cost)
@@ -141,7 +145,7 @@ def _sample_targets(boxes, labels, attrs, keep, ego2img, intrinsics, image_hw, l
         return out
     n_idx, l_idx = pos.nonzero(as_tuple=True)
     g = best[n_idx, l_idx]
-    stride = loc.stride[l_idx]
+    stride = loc.stride[l_idx]  # [P]
     b = boxes[g]
     out["labels"][n_idx, l_idx] = labels[g]
     out["gt_index"][n_idx, l_idx] = g

@@ -176,7 +176,16 @@ REQUIRED_COLUMNS = (
     "num_lidar_pts",
     "num_radar_pts",
     "ann_tokens",
+    "instance_tokens",
 )
+
+GLOBAL_COLUMNS = ("gt_translation", "gt_size", "gt_rotation", "gt_velocity")
+"""Optional float64 global-frame annotation columns (devkit values: ``size`` w, l, h; ``rotation`` w, x, y, z;
+``velocity`` NaN where undefined). When a sidecar has them they are used as they are, instead of the
+float32 ego-frame ``gt_boxes`` (whose rounding, about 2e-6 m at 50 m, is the only difference left)."""
+
+VELOCITY_MAX_TIME_DIFF = 1.5
+"""``NuScenes.box_velocity``'s ``max_time_diff`` (seconds; doubled for a centred difference)."""
 
 
 def load_ground_truth(sidecars: Iterable[str | Path | bytes | pa.Table]) -> GroundTruth:
@@ -190,12 +199,16 @@ def load_ground_truth(sidecars: Iterable[str | Path | bytes | pa.Table]) -> Grou
     tables = SidecarTables()
     boxes = EvalBoxes()
     order: list[str] = []
+    rows: list[tuple[dict, SampleInfo, str]] = []
     for sidecar in sidecars:
         table, name = _as_table(sidecar)
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise GroundTruthError(f"sidecar {name} lacks column(s) {missing}")
-        for row in table.select(list(REQUIRED_COLUMNS)).to_pylist():
+        columns = list(REQUIRED_COLUMNS)
+        if all(c in table.column_names for c in GLOBAL_COLUMNS):
+            columns += GLOBAL_COLUMNS
+        for row in table.select(columns).to_pylist():
             token = row["sample_token"]
             if token in tables.samples:
                 raise GroundTruthError(
@@ -214,19 +227,65 @@ def load_ground_truth(sidecars: Iterable[str | Path | bytes | pa.Table]) -> Grou
             )
             tables.samples[token] = info
             order.append(token)
-            boxes.add_boxes(token, _sample_boxes(row, info, tables, name))
+            rows.append((row, info, name))
+    undefined = velocity_undefined([(info.sample_token, info.scene_token, info.timestamp, row["instance_tokens"])
+                                    for row, info, _ in rows])
+    for row, info, name in rows:
+        boxes.add_boxes(info.sample_token, _sample_boxes(row, info, tables, name, undefined[info.sample_token]))
     add_center_dist(tables, boxes)
     return GroundTruth(tables=tables, boxes=boxes, order=order)
 
 
-def _sample_boxes(row: dict, info: SampleInfo, tables: SidecarTables, name: str) -> list[DetectionBox]:
+def velocity_undefined(samples: Iterable[tuple[str, str, int, Sequence[str]]]) -> dict[str, np.ndarray]:
+    """Where ``NuScenes.box_velocity`` is NaN, from instance tokens and sample timestamps.
+
+    The sidecar stores velocity 0 where the devkit's estimate is undefined; the devkit's GT keeps
+    NaN there (and leaves those boxes out of mAVE). The estimate is undefined when the instance
+    has no previous and no next annotation in its scene, or when the annotations it would use
+    lie more than 1.5 s apart (3 s for a centred difference). Annotations of an instance follow
+    each other in time, so previous/next are its neighbours in timestamp order.
+
+    Args:
+        samples: ``(sample_token, scene_token, timestamp_us, instance_tokens [N])`` per sample.
+    Returns:
+        sample_token -> ``[N]`` bool, True where the velocity is undefined.
+    """
+    samples = list(samples)
+    seen: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
+    for token, scene, ts, instances in samples:
+        for i, inst in enumerate(instances):
+            seen.setdefault((scene, inst), []).append((int(ts), token, i))
+    out = {token: np.zeros(len(instances), dtype=bool) for token, _, _, instances in samples}
+    for occurrences in seen.values():
+        occurrences.sort()
+        n = len(occurrences)
+        for k, (ts, token, i) in enumerate(occurrences):
+            has_prev, has_next = k > 0, k < n - 1
+            if not (has_prev or has_next):
+                out[token][i] = True
+                continue
+            first = occurrences[k - 1][0] if has_prev else ts
+            last = occurrences[k + 1][0] if has_next else ts
+            limit = VELOCITY_MAX_TIME_DIFF * (2 if has_prev and has_next else 1)
+            out[token][i] = 1e-6 * last - 1e-6 * first > limit
+    return out
+
+
+def _sample_boxes(row: dict, info: SampleInfo, tables: SidecarTables, name: str,
+                  velocity_undefined: np.ndarray) -> list[DetectionBox]:
     vec = np.asarray(row["gt_boxes"], dtype=np.float64).reshape(-1, 9)
     n = vec.shape[0]
-    lists = {c: row[c] for c in ("gt_names", "gt_attrs", "num_lidar_pts", "num_radar_pts", "ann_tokens")}
+    lists = {c: row[c] for c in ("gt_names", "gt_attrs", "num_lidar_pts", "num_radar_pts", "ann_tokens",
+                                 "instance_tokens")}
     for col, values in lists.items():
         if len(values) != n:
             raise GroundTruthError(f"sidecar {name} key {info.key}: {col} has {len(values)} entries for {n} boxes")
-    glob = boxes_to_nuscenes(vec, info.ego2global)
+    if "gt_translation" in row:
+        glob = {k: np.asarray(row[f"gt_{k}"], dtype=np.float64).reshape(n, -1)
+                for k in ("translation", "size", "rotation", "velocity")}
+    else:
+        vec[velocity_undefined, 7:9] = np.nan
+        glob = boxes_to_nuscenes(vec, info.ego2global)
     out: list[DetectionBox] = []
     tables.sample_anns[info.sample_token] = list(row["ann_tokens"])
     for i in range(n):

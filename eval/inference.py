@@ -132,12 +132,12 @@ def eval_loader_config(
     from pipeline.config import LoaderConfig
     from shards.typed_config import from_dict
 
-    data = {k: v for k, v in dict(data_section or {}).items() if k in GEOMETRY_KEYS}
-    data.update(
+    geometry = {k: v for k, v in dict(data_section or {}).items() if k in GEOMETRY_KEYS}
+    data: dict[str, Any] = dict(
         shards=shards,
         mode="eval",
         batch_size=1,
-        offsets=[0],
+        offsets=(0,),
         augment=False,
         shuffle_shards=False,
         device=device,
@@ -150,6 +150,10 @@ def eval_loader_config(
     )
     data.update(overrides or {})
     cfg = from_dict(LoaderConfig, data, prefix="data")
+    # geometry keys are set after typing: tuples from YAML lists keep their element types
+    for key, value in geometry.items():
+        setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    cfg.validate()
     return cfg
 
 

@@ -147,9 +147,10 @@ def write_summary(summary: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def compare_summaries(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
-    """Largest absolute difference between two summaries' NDS, mAP, per-class APs and TP errors
-    (NaN equal to NaN; NaN against a number counts as infinite)."""
+def compare_summaries(a: Mapping[str, Any], b: Mapping[str, Any], *, class_tp: bool = True) -> float:
+    """Largest absolute difference between two summaries' NDS, mAP, mean TP errors, per-class and
+    per-threshold APs and (``class_tp``) per-class TP errors (NaN equal to NaN; NaN against a number
+    counts as infinite)."""
 
     def diff(x: float, y: float) -> float:
         if math.isnan(x) and math.isnan(y):
@@ -162,7 +163,8 @@ def compare_summaries(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     for cls, ap in a["mean_dist_aps"].items():
         worst = max(worst, diff(ap, b["mean_dist_aps"][cls]))
         for m, v in a["label_tp_errors"][cls].items():
-            worst = max(worst, diff(v, b["label_tp_errors"][cls][m]))
+            if class_tp:
+                worst = max(worst, diff(v, b["label_tp_errors"][cls][m]))
         for th, v in a["label_aps"][cls].items():
             worst = max(worst, diff(v, b["label_aps"][cls][th]))
     for m, v in a["tp_errors"].items():

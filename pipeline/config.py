@@ -109,8 +109,8 @@ class LoaderConfig:
             raise ConfigError(f"config key 'offsets': must increase strictly and end with 0, got {offs}")
         if self.num_workers < 0:
             raise ConfigError(f"config key 'num_workers': must be >= 0, got {self.num_workers}")
-        l, t, r, b = self.crop_box
-        if not (0 <= l < r <= 1 and 0 <= t < b <= 1):
+        left, top, right, bottom = self.crop_box
+        if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
             raise ConfigError(f"config key 'crop_box': need 0 <= left < right <= 1 and 0 <= top < bottom <= 1, "
                               f"got {self.crop_box}")
         h, w = self.image_size

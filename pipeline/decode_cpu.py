@@ -28,8 +28,8 @@ class DecodeError(ValueError):
 
 def crop_pixels(src_w: int, src_h: int, crop_box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """Fractional crop box -> integer pixel box (left, top, right, bottom) of the source."""
-    l, t, r, b = crop_box
-    return round(l * src_w), round(t * src_h), round(r * src_w), round(b * src_h)
+    left, top, right, bottom = crop_box
+    return round(left * src_w), round(top * src_h), round(right * src_w), round(bottom * src_h)
 
 
 def decode_matrix(src_w: int, src_h: int, crop_box: tuple[float, float, float, float],

@@ -90,8 +90,9 @@ class DaliDecoder:
     @staticmethod
     def _check_sizes(datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[Exception | None]:
         """Header check (SOF size vs sidecar) before DALI sees the data."""
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         errs: list[Exception | None] = []
         for d, (sw, sh) in zip(datas, src_whs):

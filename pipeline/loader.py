@@ -147,25 +147,25 @@ class Loader:
             raise LoaderError(f"GPU decode failed for sample {raw['keys'][bad[0] // (t * n)]!r}: {out[bad[0]]}")
         return torch.stack(out).reshape(b, t, n, *out[0].shape)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def host_batches(self) -> Iterator[dict[str, Any]]:
+        """One epoch of raw host batches, as the workers produce them (uint8 images
+        ``imgs [B, T, N, H, W, 3]``, or JPEG bytes for GPU decode, plus float64 metadata);
+        pinned when the loader's device is CUDA. :meth:`__iter__` turns them into Batches."""
         cfg = self.cfg
         ds = WindowStream(cfg, self.shards, self.rank, self.world)
-        ds.spec = EpochSpec(self.epoch, self.per_worker_batches(), dict(self._progress))
+        ds.spec = EpochSpec(self.epoch, self.per_worker_batches(), dict(self._progress),
+                            self._batches_done % max(1, cfg.num_workers))
         kw: dict[str, Any] = {}
         if cfg.num_workers > 0:
             kw = {"prefetch_factor": cfg.prefetch_factor, "worker_init_fn": _worker_init}
         dl = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,
                         pin_memory=self.pin and self.device.type == "cuda", **kw)
-        gpu_decode = dali_on_gpu(cfg)
         for raw in dl:
             prog = raw.pop("progress")
             self._progress[prog["worker"]] = (prog["consumed"], prog["delivered"])
             self.error_stats[prog["worker"]] = (prog["errors"], prog["seen"])
-            gen = torch.Generator().manual_seed(hash((cfg.seed, self.epoch, self.rank, self._batches_done)) & (2**63 - 1))
-            imgs = self._decode_on_gpu(raw) if gpu_decode else None
-            batch = finish_batch(raw, cfg, gen, self.device, imgs_u8=imgs)
+            yield raw
             self._batches_done += 1
-            yield batch
         errs = sum(e for e, _ in self.error_stats.values())
         if errs:
             log.warning("epoch %d: %d bad sample(s) skipped of %d read", self.epoch, errs,
@@ -173,6 +173,14 @@ class Loader:
         self.epoch += 1
         self._batches_done = 0
         self._progress = {}
+
+    def __iter__(self) -> Iterator[Batch]:
+        cfg = self.cfg
+        gpu_decode = dali_on_gpu(cfg)
+        for raw in self.host_batches():
+            gen = torch.Generator().manual_seed(hash((cfg.seed, self.epoch, self.rank, self._batches_done)) & (2**63 - 1))
+            imgs = self._decode_on_gpu(raw) if gpu_decode else None
+            yield finish_batch(raw, cfg, gen, self.device, imgs_u8=imgs)
 
 
 def build_loader(cfg: LoaderConfig) -> Loader:

@@ -300,7 +300,14 @@ def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int
         "valid_prev": torch.tensor([v for _, _, v in items], dtype=torch.bool),
     }
     if decode_in_worker:
-        out["imgs"] = torch.from_numpy(np.stack([np.stack([f.imgs for f in frames]) for _, frames, _ in items]))
+        first = items[0][1][0].imgs  # [C, H, W, 3]
+        imgs = torch.empty((len(items), len(items[0][1])) + first.shape, dtype=torch.uint8)
+        if get_worker_info() is not None:
+            imgs.share_memory_()  # filled in place: the DataLoader then sends it without another copy
+        for b, (_, frames, _) in enumerate(items):
+            for t, f in enumerate(frames):
+                imgs[b, t] = torch.from_numpy(f.imgs)
+        out["imgs"] = imgs
     else:
         out["jpegs"] = [[f.imgs for f in frames] for _, frames, _ in items]
         out["src_wh"] = cam_size
@@ -336,6 +343,9 @@ class EpochSpec:
     """Train: exact number of batches each worker yields (equal totals on every rank)."""
     resume: dict[int, tuple[int, int]] = field(default_factory=dict)
     """worker -> (plan windows consumed, batches delivered) from a saved state."""
+    worker_offset: int = 0
+    """DataLoader worker i plays logical worker (i + offset) % num_workers, so that after a resume
+    the DataLoader's round-robin (which starts at worker 0) continues with the right worker."""
 
 
 class WindowStream(IterableDataset):
@@ -353,6 +363,7 @@ class WindowStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (worker + self.spec.worker_offset) % nw
         errors = ErrorCounter(self.cfg.max_error_rate, self.cfg.error_grace)
         if self.decode_in_worker:
             decoder = make_decoder(self.cfg)

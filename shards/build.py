@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class BuildSettings:
 
     clip_frames: int = 8
     max_shard_mb: float = 256.0
-    resize: tuple[int, int] | None = None
+    resize: list[int] | None = None  # [W, H]
     jpeg_quality: int = 90
     lidar: bool = False
     skip_missing: bool = False
@@ -73,8 +74,8 @@ class BuildSettings:
             raise BuildError(f"clip_frames must be >= 1, got {self.clip_frames}")
         if self.max_shard_mb <= 0:
             raise BuildError(f"max_shard_mb must be > 0, got {self.max_shard_mb}")
-        if self.resize is not None and (self.resize[0] < 8 or self.resize[1] < 8):
-            raise BuildError(f"resize must be at least 8x8, got {self.resize[0]}x{self.resize[1]}")
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 8):
+            raise BuildError(f"resize must be [W, H], each at least 8, got {self.resize}")
         if not 1 <= self.jpeg_quality <= 100:
             raise BuildError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
@@ -212,7 +213,7 @@ def _sample_job(nusc, dataroot: Path, scene: dict, sample: dict, frame: int, set
         w, h = _image_size(nusc, sd, path)
         src_size = (w, h)
         if settings.resize is not None:
-            k = resize_matrix((w, h), settings.resize) @ k
+            k = resize_matrix((w, h), tuple(settings.resize)) @ k
             w, h = settings.resize
         cams.append({"name": cam, "intrinsic": _flat(k),
                      "cam2ego": _flat(cv.pose_matrix(cs["rotation"], cs["translation"])),
@@ -430,7 +431,7 @@ def write_shard(out: Path, shard: ShardJob, settings: BuildSettings) -> dict[str
                     raise BuildError(f"cannot read image {path} (sample {s.key}): {e}") from e
                 _check_jpeg(data, path)
                 if settings.resize is not None:
-                    data = _resize_jpeg(data, path, settings.resize, settings.jpeg_quality)
+                    data = _resize_jpeg(data, path, tuple(settings.resize), settings.jpeg_quality)
                 name = f"{s.key}.{member}"
                 comps.append(f"{member} {w.add(name, data)} {len(data)} {name}")
             if s.lidar_file is not None:
@@ -504,9 +505,16 @@ def _prepare_out(out: Path, state: dict, split: str, overwrite: bool) -> None:
     if previous is not None and previous != state:
         if not overwrite:
             diffs = []
-            for k in ("source", "settings", "plan_digest"):
-                if previous.get(k) != state[k]:
-                    diffs.append(f"{k}: existing {previous.get(k)} vs requested {state[k]}")
+            prev_src, prev_set = previous.get("source") or {}, previous.get("settings") or {}
+            for section, old, new in (("source", prev_src, state["source"]), ("", prev_set, state["settings"])):
+                if not isinstance(old, dict):
+                    diffs.append(f"{section or 'settings'} unreadable")
+                    continue
+                for k in new:
+                    if old.get(k) != new[k]:
+                        diffs.append(f"{section + '.' if section else ''}{k}: {old.get(k)!r} there, {new[k]!r} now")
+            if not diffs and previous.get("plan_digest") != state["plan_digest"]:
+                diffs.append("the source tables or files changed since")
             raise BuildError(f"{out} already holds shards built differently ({'; '.join(diffs)}); "
                              "pass --overwrite to replace them")
         for p in _own_files(out, split):
@@ -525,15 +533,18 @@ def _prepare_out(out: Path, state: dict, split: str, overwrite: bool) -> None:
 def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str, *, clip_frames: int = 8,
                  max_shard_mb: float = 256.0, resize: tuple[int, int] | None = None, jpeg_quality: int = 90,
                  lidar: bool = False, workers: int = 1, overwrite: bool = False, skip_missing: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, timings: dict[str, float] | None = None) -> dict:
     """Build the shards of ``split`` from a nuScenes ``dataroot`` into ``out``; return the manifest.
 
     Output: ``{split}-{i:06d}.tar/.arrow/.idx`` and ``manifest.json`` (DESIGN.md, Shards).
+    ``timings``, when given, receives the seconds spent loading + planning (``plan_s``) and
+    writing (``write_s``).
     """
+    t_start = time.perf_counter()
     dataroot, out = Path(dataroot), Path(out)
     settings = from_dict(BuildSettings, {
         "clip_frames": clip_frames, "max_shard_mb": float(max_shard_mb),
-        "resize": tuple(resize) if resize is not None else None, "jpeg_quality": jpeg_quality, "lidar": lidar,
+        "resize": [int(v) for v in resize] if resize is not None else None, "jpeg_quality": jpeg_quality, "lidar": lidar,
         "skip_missing": skip_missing})
     if workers < 1:
         raise BuildError(f"workers must be >= 1, got {workers}")
@@ -544,6 +555,7 @@ def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str
     state = {"source": {"version": version, "split": split, "dataroot": dataroot.resolve().name},
              "settings": to_dict(settings), "plan_digest": plan_digest(shards)}
     _prepare_out(out, state, split, overwrite)
+    t_write = time.perf_counter()
 
     entries: dict[str, dict] = {}
     todo = []
@@ -583,6 +595,9 @@ def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str
         "skipped": missing,
     }
     _write_json_atomic(out / MANIFEST_NAME, manifest)
+    if timings is not None:
+        timings["plan_s"] = t_write - t_start
+        timings["write_s"] = time.perf_counter() - t_write
     return manifest
 
 

@@ -10,7 +10,9 @@ from bev_model.ops.testing import Problem, forward_and_grads, level_tensors, ran
 
 CASES = {
     "single_level": Problem(batch=2, shapes=((6, 9),), queries=11, heads=2, head_dim=8, points=3),
-    "multi_level": Problem(batch=2, shapes=((8, 10), (4, 5), (2, 3), (1, 1)), queries=9, heads=3, head_dim=16, points=4),
+    "multi_level": Problem(
+        batch=2, shapes=((8, 10), (4, 5), (2, 3), (1, 1)), queries=9, heads=3, head_dim=16, points=4
+    ),
     "odd_head_dim": Problem(batch=1, shapes=((7, 5), (3, 4)), queries=13, heads=2, head_dim=5, points=2),
     "many_heads_points": Problem(batch=1, shapes=((5, 6), (3, 3)), queries=6, heads=8, head_dim=4, points=8),
 }
@@ -20,7 +22,9 @@ EDGE = Problem(batch=2, shapes=((8, 16), (4, 8), (2, 2)), queries=10, heads=2, h
 def _assert_close(a, b, rtol: float, atol: float, what: str) -> None:
     for name, x, y in zip(("out", "grad_value", "grad_locations", "grad_weights"), a, b):
         scale = max(y.abs().max().item(), 1.0)
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol * scale, msg=lambda m, n=name: f"{what} {n}: {m}")
+        torch.testing.assert_close(
+            x, y, rtol=rtol, atol=atol * scale, msg=lambda m, n=name: f"{what} {n}: {m}"
+        )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -42,7 +46,9 @@ def test_cpu_kernel_matches_reference_on_edges():
 
 def test_outside_map_reads_zero():
     inputs = random_inputs(CASES["single_level"], seed=1)
-    inputs["sampling_locations"] = torch.full_like(inputs["sampling_locations"], -0.5)  # pixel < -1: all corners out
+    inputs["sampling_locations"] = torch.full_like(
+        inputs["sampling_locations"], -0.5
+    )  # pixel < -1: all corners out
     for backend in ("reference", "cpu"):
         out, gv, gl, ga = forward_and_grads(inputs, backend)
         assert out.abs().max() == 0 and gv.abs().max() == 0 and gl.abs().max() == 0 and ga.abs().max() == 0
@@ -104,7 +110,9 @@ def test_env_var_forces_backend(monkeypatch):
 
 
 def _bad(**changes):
-    inputs = random_inputs(Problem(batch=2, shapes=((4, 5), (2, 3)), queries=3, heads=2, head_dim=4, points=2))
+    inputs = random_inputs(
+        Problem(batch=2, shapes=((4, 5), (2, 3)), queries=3, heads=2, head_dim=4, points=2)
+    )
     inputs.update(changes)
     return inputs
 

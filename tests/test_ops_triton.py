@@ -26,7 +26,9 @@ INNER = os.environ.get(_MARKER) == "1"
 # Q > BLOCK_Q somewhere (several q-blocks, ragged tail); D not a multiple of the block; L, P odd.
 CASES = {
     "single_level": Problem(batch=1, shapes=((6, 9),), queries=20, heads=2, head_dim=8, points=3),
-    "multi_level": Problem(batch=2, shapes=((8, 10), (4, 5), (1, 3)), queries=7, heads=3, head_dim=16, points=2),
+    "multi_level": Problem(
+        batch=2, shapes=((8, 10), (4, 5), (1, 3)), queries=7, heads=3, head_dim=16, points=2
+    ),
     "odd_head_dim": Problem(batch=1, shapes=((5, 7), (2, 2)), queries=9, heads=2, head_dim=33, points=2),
     "edges": Problem(batch=1, shapes=((8, 16), (4, 8)), queries=12, heads=2, head_dim=6, points=4),
 }
@@ -35,7 +37,9 @@ CASES = {
 def _assert_close(got, want, rtol, atol, what):
     for name, x, y in zip(("out", "grad_value", "grad_locations", "grad_weights"), got, want):
         scale = max(y.abs().max().item(), 1.0)
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol * scale, msg=lambda m, n=name: f"{what} {n}: {m}")
+        torch.testing.assert_close(
+            x, y, rtol=rtol, atol=atol * scale, msg=lambda m, n=name: f"{what} {n}: {m}"
+        )
 
 
 def test_block_sizes_cover_head_dim():
@@ -52,8 +56,12 @@ if not INNER:
         """Run this file's interpreter cases in a fresh process with TRITON_INTERPRET=1."""
         env = {**os.environ, "TRITON_INTERPRET": "1", _MARKER: "1"}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(Path(__file__))]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
-        assert proc.returncode == 0, f"interpreter cases failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
+        )
+        assert proc.returncode == 0, (
+            f"interpreter cases failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        )
         assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
         print(proc.stdout.strip().splitlines()[-1])
 
@@ -103,7 +111,9 @@ else:
         opt = torch.optim.Adam(attn.parameters(), lr=2e-2)
         losses = []
         for _ in range(8):
-            loss = torch.nn.functional.mse_loss(attn(query, ref, value, spatial_shapes, level_start_index), target)
+            loss = torch.nn.functional.mse_loss(
+                attn(query, ref, value, spatial_shapes, level_start_index), target
+            )
             opt.zero_grad()
             loss.backward()
             assert attn.sampling_offsets.weight.grad.abs().sum() > 0

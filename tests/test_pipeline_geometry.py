@@ -70,7 +70,8 @@ def test_bev_matrix_is_similarity_and_transforms_boxes():
     got = cv.box_corners(out)[0]
     # same corner set (flips reorder corners)
     d = torch.cdist(moved, got).min(1).values
-    assert d.max() < 1e-9
+    assert d.max() < 1e-6
+    assert torch.allclose(out[0, 7:9], box[0, 7:9] @ lin[:2, :2].T)
 
 
 @pytest.mark.parametrize("offsets", [(-1, 0)])
@@ -102,11 +103,15 @@ def test_projection_invariant_under_random_augmentations(synth_shards, offsets):
                     front = d0 > 1.0
                     if not front.any():
                         continue
-                    expect = torch.cat([uv0, torch.ones_like(uv0[:, :1])], 1) @ a_img[b, t, n].T
-                    err = (uv1 - expect[:, :2])[front].abs().max()
-                    # float32 matrices in the batch: allow 0.5 px for corners far off-image
+                    expect = (torch.cat([uv0, torch.ones_like(uv0[:, :1])], 1) @ a_img[b, t, n].T)[:, :2]
+                    # a BEV flip mirrors each box, permuting its corners: compare per box as corner sets
+                    e8, f8 = expect.reshape(-1, 8, 2), front.reshape(-1, 8)
+                    u8, g8 = uv1.reshape(-1, 8, 2), (d1 > 1.0).reshape(-1, 8)
+                    dist = torch.cdist(e8, u8)  # [boxes, 8, 8]
+                    dist = dist.masked_fill(~g8[:, None, :], float("inf")).min(2).values
+                    err = dist[f8].max()
                     assert err <= 0.5, f"batch {i} sample {b} frame {t} cam {n}: {err:.3f} px"
-                    assert torch.allclose(d1[front], d0[front], rtol=1e-4, atol=1e-3)
+                    assert torch.allclose(d1.sort().values, d0.sort().values, rtol=1e-4, atol=1e-3)
                     checked += int(front.sum())
     assert checked > 100
 

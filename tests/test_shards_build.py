@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import io
 import json
@@ -81,14 +82,17 @@ def test_sidecar_matrices_match_the_tables(nusc, synth_shards):
     assert len({c["timestamp"] for c in row["cameras"]}) == 6  # each camera its own exposure
 
 
-def _chroma(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(rgb, dtype=np.float64)
-    return rgb / max(rgb.sum(), 1e-6)
+def _hue_sat(rgb) -> tuple[float, float]:
+    h, s, _ = colorsys.rgb_to_hsv(*(np.asarray(rgb, dtype=np.float64) / 255.0))
+    return h * 360.0, s
 
 
 def test_projected_box_centres_land_on_their_rendered_objects(synth_shards):
-    """Project each well visible box centre with the sidecar's ego2img: the pixel has its class colour."""
-    ground_chroma = _chroma([1.0, 1.0, 1.04])
+    """Project each well visible box centre with the sidecar's ego2img: the pixel shows its class colour.
+
+    The ground is grey and the sky pale; objects are saturated with a per-class hue (haze and shading
+    keep the hue), so a pixel of the right hue means the centre landed on its own object.
+    """
     hits = tried = 0
     for tar in sorted(synth_shards["mini_val"].glob("*.tar")):
         for s in iter_shard(tar):
@@ -106,13 +110,12 @@ def test_projected_box_centres_land_on_their_rendered_objects(synth_shards):
                     if not (2 <= u < w - 2 and 2 <= v < h - 2):
                         continue
                     tried += 1
-                    px = img[v - 1:v + 2, u - 1:u + 2].reshape(-1, 3).mean(0)
-                    c = _chroma(px)
-                    own = np.abs(c - _chroma(PALETTE[lab])).sum()
-                    if own < 0.15 and own < np.abs(c - ground_chroma).sum():
+                    hue, sat = _hue_sat(img[v - 1:v + 2, u - 1:u + 2].reshape(-1, 3).mean(0))
+                    want, _ = _hue_sat(PALETTE[lab] * 255)
+                    if sat > 0.2 and abs((hue - want + 180.0) % 360.0 - 180.0) < 20.0:
                         hits += 1
     assert tried >= 20, tried
-    assert hits / tried >= 0.85, (hits, tried)
+    assert hits / tried >= 0.9, (hits, tried)
 
 
 def test_sidecar_has_exactly_the_design_schema(synth_shards):

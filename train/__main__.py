@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         if args.print_ds_config or args.check:
+            from .dist import select_accelerator
+
+            select_accelerator()
             from .deepspeed_config import build_ds_config, validate_ds_config
 
             ds = build_ds_config(cfg)

@@ -9,9 +9,12 @@ path raises ``ConfigError`` naming the dotted key before any process group or mo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from shards.typed_config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
@@ -273,10 +276,24 @@ def build_train_config(data: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+def _normalise_override(ov: str) -> str:
+    """``optim.lr=1e-3`` -> ``optim.lr=0.001``: YAML 1.1 reads ``1e-3`` as a string, users mean a number."""
+    if "=" not in ov:
+        return ov
+    key, raw = ov.split("=", 1)
+    try:
+        number = float(raw)
+    except ValueError:
+        return ov
+    if isinstance(yaml.safe_load(raw), str) and math.isfinite(number):
+        return f"{key}={number!r}"
+    return ov
+
+
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML (optional) + ``a.b=value`` overrides -> validated ``TrainConfig``."""
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
-    apply_overrides(data, list(overrides or []))
+    apply_overrides(data, [_normalise_override(o) for o in overrides or []])
     return build_train_config(data)
 
 

@@ -43,7 +43,6 @@ def build_engine(cfg: TrainConfig, model: nn.Module, ds_config: dict[str, Any] |
     """Returns ``(engine, lr_scheduler)``; the optimizer is torch AdamW with our parameter groups, or
     DeepSpeed's CPU Adam (same groups) when the optimizer is offloaded."""
     import deepspeed
-
     from deepspeed.accelerator import get_accelerator
 
     pure16 = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision)

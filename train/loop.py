@@ -60,10 +60,10 @@ def seed_everything(seed: int) -> None:
 
 
 def resolved_config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The run's config as a plain mapping (``model`` as given: ``{preset, ...overrides}``)."""
+    """The run's config as a plain mapping, ``model`` resolved in full (``{preset, ...every field}``) so
+    that eval rebuilds exactly the trained detector even if the preset changes later."""
     out = to_dict(cfg)
-    if cfg.deepspeed.activation_checkpointing:
-        out["model"].setdefault("backbone", {})["grad_checkpointing"] = True
+    out["model"] = {"preset": cfg.model["preset"], **to_dict(cfg.model_config())}
     return out
 
 

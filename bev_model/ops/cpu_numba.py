@@ -20,7 +20,7 @@ from numba import njit, prange
 def _forward_kernel(
     value, dims, shapes, starts, sizes_f, loc, attn, out, one, half
 ):  # pragma: no cover - numba
-    """value [B,S,M,D], loc [B,Q,M,L,P,2], attn [B,Q,M,L,P] -> out [B,Q,M,D] (zero-initialised), all flat 1D.
+    """value [B,S,M,D], loc [B,Q,M,L,P,2], attn [B,Q,M,L,P] -> out [B,Q,M,D], all flat 1D.
 
     ``dims`` int64 (B, S, M, D, Q, L, P); ``shapes`` [L,2] int64 (H, W); ``starts`` [L] int64; ``sizes_f`` [L,2] (H, W) in the compute dtype;
     ``one``/``half`` scalars of the compute dtype (keep arithmetic in that dtype).
@@ -30,8 +30,10 @@ def _forward_kernel(
     for bm in prange(B * M):
         b = bm // M
         m = bm - b * M
+        acc = np.empty(D, dtype=out.dtype)  # one per (b, m) task, reused for every query
         for q in range(Q):
-            o_off = ((b * Q + q) * M + m) * D
+            for d in range(D):
+                acc[d] = zero
             lp_off = ((b * Q + q) * M + m) * L * P
             for lvl in range(L):
                 H = shapes[lvl, 0]
@@ -44,7 +46,7 @@ def _forward_kernel(
                     x = loc[2 * k] * Wf - half
                     y = loc[2 * k + 1] * Hf - half
                     if not (x >= -one and x < Wf and y >= -one and y < Hf):
-                        continue
+                        continue  # all four corners outside: contributes nothing
                     a = attn[k]
                     xf = np.floor(x)
                     yf = np.floor(y)
@@ -70,13 +72,16 @@ def _forward_kernel(
                     o01 = ((row + ya * W + xb) * M + m) * D
                     o10 = ((row + yb * W + xa) * M + m) * D
                     o11 = ((row + yb * W + xb) * M + m) * D
+                    # slices (views, no allocation) let LLVM vectorise the D loop without alias checks
+                    v00 = value[o00 : o00 + D]
+                    v01 = value[o01 : o01 + D]
+                    v10 = value[o10 : o10 + D]
+                    v11 = value[o11 : o11 + D]
                     for d in range(D):
-                        out[o_off + d] += (
-                            w00 * value[o00 + d]
-                            + w01 * value[o01 + d]
-                            + w10 * value[o10 + d]
-                            + w11 * value[o11 + d]
-                        )
+                        acc[d] += w00 * v00[d] + w01 * v01[d] + w10 * v10[d] + w11 * v11[d]
+            o_off = ((b * Q + q) * M + m) * D
+            for d in range(D):
+                out[o_off + d] = acc[d]
 
 
 @njit(parallel=True, cache=True, fastmath=True, nogil=True)
@@ -91,6 +96,7 @@ def _backward_kernel(
         m = bm - b * M
         for q in range(Q):
             g_off = ((b * Q + q) * M + m) * D
+            go = grad_out[g_off : g_off + D]
             lp_off = ((b * Q + q) * M + m) * L * P
             for lvl in range(L):
                 H = shapes[lvl, 0]
@@ -103,7 +109,7 @@ def _backward_kernel(
                     x = loc[2 * k] * Wf - half
                     y = loc[2 * k + 1] * Hf - half
                     if not (x >= -one and x < Wf and y >= -one and y < Hf):
-                        continue
+                        continue  # all four corners outside: zero gradients
                     a = attn[k]
                     xf = np.floor(x)
                     yf = np.floor(y)
@@ -129,26 +135,38 @@ def _backward_kernel(
                     o01 = ((row + ya * W + xb) * M + m) * D
                     o10 = ((row + yb * W + xa) * M + m) * D
                     o11 = ((row + yb * W + xb) * M + m) * D
+                    v00 = value[o00 : o00 + D]
+                    v01 = value[o01 : o01 + D]
+                    v10 = value[o10 : o10 + D]
+                    v11 = value[o11 : o11 + D]
                     ga = zero
                     gsx = zero
                     gsy = zero
-                    a00 = a * c00
-                    a01 = a * c01
-                    a10 = a * c10
-                    a11 = a * c11
                     for d in range(D):
-                        g = grad_out[g_off + d]
-                        v00 = value[o00 + d] * m00
-                        v01 = value[o01 + d] * m01
-                        v10 = value[o10 + d] * m10
-                        v11 = value[o11 + d] * m11
-                        ga += g * (gy * (gx * v00 + fx * v01) + fy * (gx * v10 + fx * v11))
-                        gsx += g * (gy * (v01 - v00) + fy * (v11 - v10))
-                        gsy += g * (gx * (v10 - v00) + fx * (v11 - v01))
-                        grad_value[o00 + d] += a00 * g
-                        grad_value[o01 + d] += a01 * g
-                        grad_value[o10 + d] += a10 * g
-                        grad_value[o11 + d] += a11 * g
+                        g = go[d]
+                        u00 = v00[d] * m00
+                        u01 = v01[d] * m01
+                        u10 = v10[d] * m10
+                        u11 = v11[d] * m11
+                        ga += g * (gy * (gx * u00 + fx * u01) + fy * (gx * u10 + fx * u11))
+                        gsx += g * (gy * (u01 - u00) + fy * (u11 - u10))
+                        gsy += g * (gx * (u10 - u00) + fx * (u11 - u01))
+                    s00 = a * c00
+                    s01 = a * c01
+                    s10 = a * c10
+                    s11 = a * c11
+                    g00 = grad_value[o00 : o00 + D]
+                    g01 = grad_value[o01 : o01 + D]
+                    g10 = grad_value[o10 : o10 + D]
+                    g11 = grad_value[o11 : o11 + D]
+                    for d in range(D):
+                        g00[d] += s00 * go[d]
+                    for d in range(D):
+                        g01[d] += s01 * go[d]
+                    for d in range(D):
+                        g10[d] += s10 * go[d]
+                    for d in range(D):
+                        g11[d] += s11 * go[d]
                     grad_attn[k] = ga
                     grad_loc[2 * k] = a * Wf * gsx
                     grad_loc[2 * k + 1] = a * Hf * gsy
@@ -184,7 +202,7 @@ class _DeformAttnCPU(torch.autograd.Function):
         v = value.detach().to(ctype).contiguous()
         loc = sampling_locations.detach().to(ctype).contiguous()
         attn = attention_weights.detach().to(ctype).contiguous()
-        out = np.zeros(B * Q * M * D, dtype=np_dtype)
+        out = np.empty(B * Q * M * D, dtype=np_dtype)  # every (b, q, m) row is written
         one, half = np_dtype(1.0), np_dtype(0.5)
         _forward_kernel(
             v.view(-1).numpy(),

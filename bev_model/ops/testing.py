@@ -31,7 +31,9 @@ def level_tensors(shapes: tuple[tuple[int, int], ...], device: str | torch.devic
     return spatial_shapes, level_start_index
 
 
-def edge_locations(shapes: tuple[tuple[int, int], ...], count: int, generator: torch.Generator) -> torch.Tensor:
+def edge_locations(
+    shapes: tuple[tuple[int, int], ...], count: int, generator: torch.Generator
+) -> torch.Tensor:
     """``[count, L, 2]`` locations on and around the map borders: 0, 1, pixel centres -1, 0, W-1, W, far outside.
 
     Values are exact in binary floating point when H and W are powers of two.
@@ -41,7 +43,17 @@ def edge_locations(shapes: tuple[tuple[int, int], ...], count: int, generator: t
         picks = []
         for size in (w, h):
             special = torch.tensor(
-                [0.0, 1.0, -0.5 / size, 0.5 / size, (size - 0.5) / size, (size + 0.5) / size, -0.75, 1.75, 0.5]
+                [
+                    0.0,
+                    1.0,
+                    -0.5 / size,
+                    0.5 / size,
+                    (size - 0.5) / size,
+                    (size + 0.5) / size,
+                    -0.75,
+                    1.75,
+                    0.5,
+                ]
             )
             picks.append(special[torch.randint(len(special), (count,), generator=generator)])
         cols.append(torch.stack(picks, -1))
@@ -89,7 +101,9 @@ def random_inputs(
     return out
 
 
-def forward_and_grads(inputs: dict[str, torch.Tensor], backend: str, dtype: torch.dtype | None = None, seed: int = 1):
+def forward_and_grads(
+    inputs: dict[str, torch.Tensor], backend: str, dtype: torch.dtype | None = None, seed: int = 1
+):
     """Run the op with ``backend`` on (a fresh copy of) ``inputs`` cast to ``dtype`` and backprop a fixed random
     upstream gradient. Returns float64 ``(out, grad_value, grad_sampling_locations, grad_attention_weights)``."""
     from .functional import multi_scale_deformable_attn

@@ -246,7 +246,9 @@ def block_sizes(head_dim: int, num_queries: int | None = None, kind: str = "fwd"
 
 
 @functools.lru_cache(maxsize=64)
-def _level_tables(shapes: tuple[tuple[int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _level_tables(
+    shapes: tuple[tuple[int, int], ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     table = torch.tensor(shapes, dtype=torch.int32).reshape(-1, 2)
     starts = torch.zeros(len(shapes), dtype=torch.int32)
     starts[1:] = torch.cumsum(table[:, 0] * table[:, 1], 0)[:-1]
@@ -347,7 +349,9 @@ def compile_variant(kind: str, dtype: str, arch: int, head_dim: int = 32):
     from triton.compiler import ASTSource, make_backend
 
     if interpreter_active():
-        raise RuntimeError("compile_variant needs a process where triton was imported without TRITON_INTERPRET=1")
+        raise RuntimeError(
+            "compile_variant needs a process where triton was imported without TRITON_INTERPRET=1"
+        )
     jit_fn = FORWARD if kind == "fwd" else BACKWARD
     signature = kernel_signature(kind, dtype)
     block_q, block_d, warps = block_sizes(head_dim, kind=kind)
@@ -355,7 +359,9 @@ def compile_variant(kind: str, dtype: str, arch: int, head_dim: int = 32):
     if head_dim % 16 == 0:
         aligned.add("D")
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name in aligned}
-    src = ASTSource(fn=jit_fn, signature=signature, constexprs={"BLOCK_Q": block_q, "BLOCK_D": block_d}, attrs=attrs)
+    src = ASTSource(
+        fn=jit_fn, signature=signature, constexprs={"BLOCK_Q": block_q, "BLOCK_D": block_d}, attrs=attrs
+    )
     target = GPUTarget("cuda", arch, 32)
     options = make_backend(target).parse_options({"num_warps": warps})
     return triton.compile(src, target=target, options=options.__dict__)
@@ -372,6 +378,8 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            [str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
     return {k.lower(): int(v) for k, v in found.items()}

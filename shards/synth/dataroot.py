@@ -9,6 +9,7 @@ evaluation needs the LIDAR_TOP records).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -147,11 +148,20 @@ def synthesize(out: Path | str, version: str = "v1.0-mini", scenes: int | None =
     tables = _Tables(seed)
     annotate = version != "v1.0-test"
     bar = tqdm(total=len(names) * frames_per_scene, desc="synth", unit="frame", disable=not progress)
-    for name in names:
-        _synth_scene(root, tables, name, frames_per_scene, (width, height), seed, lidar, annotate, bar)
+    with _single_threaded_blas():  # thousands of 4x4 inversions: BLAS threads only add overhead
+        for name in names:
+            _synth_scene(root, tables, name, frames_per_scene, (width, height), seed, lidar, annotate, bar)
     bar.close()
     tables.write(root, version)
     return root
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (a devkit dependency)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
 
 
 def _synth_scene(root: Path, tables: _Tables, name: str, frames: int, image_size: tuple[int, int], seed: int,

@@ -41,15 +41,15 @@ def box_rects(boxes: np.ndarray, global2img: np.ndarray, width: int, height: int
         return rects
     uv, depth = cv.project_points(cv.box_corners(boxes[:, :7]), global2img)  # [N, 8, 2], [N, 8]
     front = depth > 0.05
-    for i in range(n):
-        if not front[i].any():
-            continue
-        if not front[i].all():
-            rects[i] = (0, width, 0, height)
-            continue
-        u0, v0 = np.floor(uv[i].min(0)).astype(np.int64) - 1
-        u1, v1 = np.ceil(uv[i].max(0)).astype(np.int64) + 2
-        rects[i] = (np.clip(u0, 0, width), np.clip(u1, 0, width), np.clip(v0, 0, height), np.clip(v1, 0, height))
+    all_front, any_front = front.all(1), front.any(1)
+    lo = np.floor(uv.min(1)).astype(np.int64) - 1  # [N, 2]
+    hi = np.ceil(uv.max(1)).astype(np.int64) + 2
+    rects[:, 0] = np.clip(lo[:, 0], 0, width)
+    rects[:, 1] = np.clip(hi[:, 0], 0, width)
+    rects[:, 2] = np.clip(lo[:, 1], 0, height)
+    rects[:, 3] = np.clip(hi[:, 1], 0, height)
+    rects[any_front & ~all_front] = (0, width, 0, height)
+    rects[~any_front] = 0
     return rects
 
 

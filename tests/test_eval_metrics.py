@@ -1,0 +1,187 @@
+"""Metrics from the shards' sidecars equal the devkit's own DetectionEval on the same dataroot."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eval.gt import load_ground_truth
+from eval.metrics import compare_summaries, detection_config, devkit_cross_check, evaluate, format_table
+from eval.submission import make_submission, write_submission
+
+TOL = 1e-6
+"""NDS, mAP, the five mean TP errors and every AP agree with DetectionEval to this."""
+TOL_CLASS_TP = 5e-6
+"""Per-class TP errors: the sidecar's float32 ego-frame boxes carry up to ~2e-6 m of rounding at 50 m, so
+a class mean of translation errors can move by about 1e-6 (exact with float64 sidecar columns, below)."""
+
+
+def _assert_agree(mine, theirs, exact=False):
+    assert compare_summaries(mine, theirs, class_tp=False) < TOL
+    assert compare_summaries(mine, theirs) < (TOL if exact else TOL_CLASS_TP)
+
+
+@pytest.fixture(scope="module")
+def devkit(synth_dataroot):
+    """The devkit's view of mini_val: NuScenes, raw GT boxes and the GT after its own filtering."""
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.loaders import add_center_dist, filter_eval_boxes, load_gt
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    root, version = synth_dataroot
+    nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    raw = load_gt(nusc, "mini_val", DetectionBox)
+    filtered = load_gt(nusc, "mini_val", DetectionBox)
+    filtered = filter_eval_boxes(nusc, add_center_dist(nusc, filtered), detection_config().class_range)
+    return nusc, raw, filtered
+
+
+@pytest.fixture(scope="module")
+def shard_gt(synth_shards):
+    return load_ground_truth(sorted(synth_shards["mini_val"].glob("*.arrow")))
+
+
+def _submission(boxes, tokens, rng=None, *, noise=0.0, drop=0.0, false_pos=0, score=None):
+    """Predictions made from devkit GT boxes (optionally perturbed), one list per sample token."""
+    results = {}
+    for tok in tokens:
+        out = []
+        for b in boxes[tok]:
+            if rng is not None and rng.random() < drop:
+                continue
+            t = np.array(b.translation, dtype=float)
+            size = np.array(b.size, dtype=float)
+            vel = np.nan_to_num(np.array(b.velocity, dtype=float))
+            rot = np.array(b.rotation, dtype=float)
+            attr = b.attribute_name
+            if noise:
+                t[:2] += rng.normal(0, noise, 2)
+                size *= rng.uniform(1 - noise / 2, 1 + noise / 2, 3)
+                vel += rng.normal(0, noise, 2)
+                half = rng.normal(0, noise) / 2  # yaw noise: rotate about the global z axis
+                q = np.array([np.cos(half), 0, 0, np.sin(half)])
+                w1, x1, y1, z1 = q
+                w2, x2, y2, z2 = rot
+                rot = np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                                w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+                if attr == "vehicle.parked" and rng.random() < 0.3:
+                    attr = "vehicle.moving"
+            out.append({"sample_token": tok, "translation": t.tolist(), "size": size.tolist(),
+                        "rotation": rot.tolist(), "velocity": vel.tolist(), "detection_name": b.detection_name,
+                        "detection_score": float(score if score is not None else rng.random()),
+                        "attribute_name": attr})
+        for _ in range(false_pos):
+            ref = out[0]["translation"] if out else [0.0, 0.0, 0.0]
+            out.append({"sample_token": tok, "translation": (np.array(ref) + rng.uniform(-20, 20, 3)).tolist(),
+                        "size": [2.0, 4.5, 1.6], "rotation": [1.0, 0.0, 0.0, 0.0], "velocity": [0.0, 0.0],
+                        "detection_name": "car", "detection_score": float(rng.random() * 0.5),
+                        "attribute_name": "vehicle.parked"})
+        results[tok] = out
+    return make_submission(results)
+
+
+def _devkit_summary(sub, synth_dataroot, tmp_path):
+    root, version = synth_dataroot
+    path = write_submission(sub, tmp_path / "results.json")
+    return devkit_cross_check(path, root, version, "mini_val", tmp_path / "devkit")
+
+
+def test_sidecar_ground_truth_matches_devkit_load_gt(devkit, shard_gt):
+    _, raw, _ = devkit
+    assert set(shard_gt.order) == set(raw.sample_tokens)
+    for tok in shard_gt.order:
+        mine, theirs = shard_gt.boxes[tok], raw[tok]
+        assert len(mine) == len(theirs), tok
+        for a, b in zip(mine, theirs):
+            assert (a.detection_name, a.attribute_name, a.num_pts) == (b.detection_name, b.attribute_name, b.num_pts)
+            assert np.allclose(a.translation, b.translation, atol=1e-5)
+            assert np.allclose(a.size, b.size, atol=1e-5)
+            # the sidecar stores 0 for undefined velocities; the GT must have the devkit's NaN back
+            assert np.array_equal(np.isnan(a.velocity), np.isnan(b.velocity))
+            assert np.allclose(a.velocity, b.velocity, atol=1e-4, equal_nan=True)
+    assert any(np.isnan(b.velocity[0]) for b in raw.all), "the world should have single-frame instances"
+
+
+def test_perfect_predictions_match_detection_eval(devkit, shard_gt, synth_dataroot, tmp_path):
+    _, _, filtered = devkit
+    sub = _submission(filtered, shard_gt.order, score=1.0)
+    mine = evaluate(sub, shard_gt).summary
+    theirs = _devkit_summary(sub, synth_dataroot, tmp_path)
+    _assert_agree(mine, theirs)
+    present = {b.detection_name for b in filtered.all}
+    for cls in present:
+        assert mine["mean_dist_aps"][cls] == pytest.approx(1.0)
+        assert mine["label_tp_errors"][cls]["trans_err"] < 1e-5
+    # a class with no GT scores AP 0 and TP errors 1 in the devkit; NDS is as high as the world allows
+    best = (5 * len(present) / 10 + sum(1 - e for e in mine["tp_errors"].values())) / 10
+    assert mine["nd_score"] == pytest.approx(best)
+    assert mine["nd_score"] > 0.85
+
+
+def test_noisy_predictions_match_detection_eval(devkit, shard_gt, synth_dataroot, tmp_path):
+    _, raw, _ = devkit
+    rng = np.random.default_rng(0)
+    sub = _submission(raw, shard_gt.order, rng, noise=0.4, drop=0.2, false_pos=3)
+    mine = evaluate(sub, shard_gt).summary
+    theirs = _devkit_summary(sub, synth_dataroot, tmp_path)
+    _assert_agree(mine, theirs)
+    assert 0.2 < mine["nd_score"] < 0.85
+    assert 0.05 < mine["tp_errors"]["trans_err"] < 1.0
+    assert 0.0 < mine["tp_errors"]["attr_err"] < 1.0
+    assert "NDS:" in format_table(mine)
+
+
+def test_empty_submission_scores_zero_like_detection_eval(shard_gt, synth_dataroot, tmp_path):
+    empty = make_submission({t: [] for t in shard_gt.order})
+    mine = evaluate(empty, shard_gt).summary
+    assert mine["nd_score"] == 0.0 and mine["mean_ap"] == 0.0
+    assert all(v == 1.0 for v in mine["tp_errors"].values())
+    assert math.isnan(mine["label_tp_errors"]["traffic_cone"]["vel_err"])
+    # DetectionEval cannot read a submission without a single box (its filter cannot tell the box
+    # type); one box beyond every class range is removed by its range filter, leaving nothing.
+    tok = shard_gt.order[0]
+    far = shard_gt.samples[tok].ego2global[:3, 3] + np.array([500.0, 0.0, 0.0])
+    nearly = make_submission({t: [] for t in shard_gt.order})
+    nearly["results"][tok] = [{"sample_token": tok, "translation": far.tolist(), "size": [2.0, 4.5, 1.6],
+                               "rotation": [1.0, 0.0, 0.0, 0.0], "velocity": [0.0, 0.0], "detection_name": "car",
+                               "detection_score": 0.9, "attribute_name": "vehicle.parked"}]
+    theirs = _devkit_summary(nearly, synth_dataroot, tmp_path)
+    _assert_agree(mine, theirs, exact=True)
+    assert compare_summaries(evaluate(nearly, shard_gt).summary, mine) == 0.0
+
+
+def test_subset_of_samples_is_scored_against_its_own_gt(shard_gt, devkit):
+    _, _, filtered = devkit
+    tokens = shard_gt.order[:4]
+    sub = _submission(filtered, tokens, score=1.0)
+    result = evaluate(sub, shard_gt, sample_tokens=tokens)
+    assert result.summary["num_samples"] == 4
+    assert result.summary["num_gt_boxes"] == sum(len(filtered[t]) for t in tokens)
+
+
+def test_float64_global_columns_make_the_match_exact(devkit, synth_shards, synth_dataroot, tmp_path):
+    """Sidecars that also carry the devkit's float64 global-frame fields score exactly like DetectionEval."""
+    import pyarrow as pa
+
+    from shards.reader import open_sidecar
+
+    nusc, raw, _ = devkit
+    tables = []
+    for path in sorted(synth_shards["mini_val"].glob("*.arrow")):
+        t = open_sidecar(path)
+        cols = {c: [] for c in ("gt_translation", "gt_size", "gt_rotation", "gt_velocity")}
+        for tok in t.column("sample_token").to_pylist():
+            anns = [nusc.get("sample_annotation", a) for a in nusc.get("sample", tok)["anns"]]
+            cols["gt_translation"].append([a["translation"] for a in anns])
+            cols["gt_size"].append([a["size"] for a in anns])
+            cols["gt_rotation"].append([a["rotation"] for a in anns])
+            cols["gt_velocity"].append([nusc.box_velocity(a["token"])[:2].tolist() for a in anns])
+        for name, values in cols.items():
+            t = t.append_column(name, pa.array(values, pa.list_(pa.list_(pa.float64()))))
+        tables.append(t)
+    gt = load_ground_truth(tables)
+    rng = np.random.default_rng(1)
+    sub = _submission(raw, gt.order, rng, noise=0.3, drop=0.1, false_pos=2)
+    _assert_agree(evaluate(sub, gt).summary, _devkit_summary(sub, synth_dataroot, tmp_path), exact=True)
