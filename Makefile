@@ -29,7 +29,7 @@ test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
 demo: venv
-	$(BIN)/python -m scripts.demo --out $(DEMO_DIR)
+	$(BIN)/python scripts/demo.py --out $(DEMO_DIR)
 
 clean:
 	rm -rf $(DEMO_DIR)

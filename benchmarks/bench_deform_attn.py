@@ -6,7 +6,8 @@ machine are skipped with the reason printed (on a GPU, reference running out of 
 
 Each (shape, backend) runs in its own subprocess so peak memory is honest:
 * CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs after setup) minus its RSS
-  before the call; this sees torch's and numpy's allocations alike.
+  before the call; this sees torch's and numpy's allocations alike (glibc's mmap threshold is fixed at
+  64 KiB in the worker so freed buffers leave RSS and new ones are counted).
 * GPU: ``torch.cuda.max_memory_allocated`` minus the allocated bytes before the call.
 The inputs (and the upstream gradient) are allocated before the measurement; the input gradients
 returned by backward are inside it for every backend.
@@ -148,7 +149,10 @@ def worker(shape: str, backend: str, dtype: str, device_name: str, repeats: int,
 def _run_case(shape: str, backend: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", shape, backend, "--dtype", args.dtype, "--device", args.device,
            "--repeats", str(args.repeats), "--budget-s", str(args.budget_s)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    # Fixed glibc mmap threshold: every large buffer is its own mmap, returned on free, so RSS follows
+    # live memory (glibc's adaptive threshold would otherwise recycle warm-up buffers and hide allocations).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         return {"shape": shape, "backend": backend, "error": tail[0][:120]}

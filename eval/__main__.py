@@ -21,6 +21,7 @@ from eval.gt import GroundTruth, GroundTruthError, load_ground_truth
 from eval.inference import (
     CheckpointError,
     ModelPredictor,
+    Predictor,
     StreamResult,
     eval_loader_config,
     load_model,
@@ -54,7 +55,7 @@ class EvalInputError(RuntimeError):
     """Input that makes the run impossible (message is printed as is)."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, need_model: bool = True) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--shards", required=True,
@@ -77,10 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retry-backoff", type=float, default=0.2, help="seconds before the first retry")
     ap.add_argument("--pictures", type=int, default=3, help="samples to draw (cameras + BEV)")
     ap.add_argument("--score-thr", type=float, default=0.3, help="score threshold of drawn predictions")
-    ap.add_argument("--no-curves", action="store_true", help="skip the devkit PR/TP curve plots")
+    ap.add_argument("--curves", choices=("all", "classes", "none"), default="all",
+                    help="devkit PR/TP curve plots: all (as DetectionEval.render), classes (without the slow "
+                         "summary plot) or none")
+    ap.add_argument("--no-curves", action="store_const", const="none", dest="curves", help="same as --curves none")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.predictions is None and args.checkpoint is None:
+    if need_model and args.predictions is None and args.checkpoint is None:
         ap.error("one of --checkpoint or --predictions is required")
     if args.max_samples is not None and args.max_samples < 1:
         ap.error("--max-samples must be >= 1")
@@ -128,13 +132,19 @@ def _build_loader(args: argparse.Namespace, data_section: dict | None):
     return build_loader(cfg)
 
 
-def run_model(args: argparse.Namespace, gt: GroundTruth, expected: list[str]) -> StreamResult:
-    try:
-        model, run_cfg = load_model(args.checkpoint, args.config, args.device)
-    except (CheckpointError, OSError) as e:
-        raise EvalInputError(str(e)) from e
+def run_model(args: argparse.Namespace, gt: GroundTruth, expected: list[str],
+              predictor: Predictor | None = None) -> StreamResult:
+    """Stream the shards through the checkpoint's model (or through ``predictor`` when given)."""
+    if predictor is None:
+        try:
+            model, run_cfg = load_model(args.checkpoint, args.config, args.device)
+        except (CheckpointError, OSError) as e:
+            raise EvalInputError(str(e)) from e
+        predictor = ModelPredictor(model, args.device)
+    else:
+        run_cfg = load_run_config(args.config) if args.config else {}
     loader = _build_loader(args, run_cfg.get("data"))
-    return stream_predictions(loader, ModelPredictor(model, args.device), gt, max_samples=args.max_samples,
+    return stream_predictions(loader, predictor, gt, max_samples=args.max_samples,
                               picture_tokens=pick_picture_tokens(expected, args.pictures),
                               progress=not args.no_progress)
 
@@ -188,7 +198,8 @@ def infer_version(dataroot: Path) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, predictor: Predictor | None = None) -> int:
+    """The whole evaluation; ``predictor`` replaces the checkpoint's model (tests, benchmarks)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     io_opts = io_options(args)
@@ -202,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         submission, scored = read_predictions(args, expected)
         results_path = Path(args.predictions)
     else:
-        stream = run_model(args, gt, expected)
+        stream = run_model(args, gt, expected, predictor)
         submission = make_submission(stream.results)
         scored = [t for t in expected if t in stream.results]
         results_path = write_submission(submission, out / "results.json")
@@ -210,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
     complete = len(scored) == len(expected)
     if not complete:
-        why = f" ({type(stream.error).__name__}: {stream.error})" if stream is not None and stream.error else ""
+        why = f" ({_last_line(stream.error)})" if stream is not None and stream.error else ""
         print(f"INCOMPLETE: scored {len(scored)} of {len(expected)} samples{why}", file=sys.stderr, flush=True)
         if not args.allow_partial:
             print("no metrics written; rerun, or pass --allow-partial to score the samples read", file=sys.stderr)
@@ -246,10 +257,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dataroot:
         status = cross_check(args, gt, summary, results_path, complete, out)
 
-    if not args.no_curves:
+    if args.curves != "none":
         from eval.plots import render_curves
 
-        render_curves(result.md_list, result.metrics, detection_config(), out / "plots")
+        render_curves(result.md_list, result.metrics, detection_config(), out / "plots", summary=args.curves == "all")
     views = stream.views if stream is not None else []
     if args.predictions and args.pictures > 0:
         try:
@@ -264,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     summary["timing"]["total_s"] = time.perf_counter() - t_start
     write_summary(summary, out / "metrics_summary.json")
     print(f"wrote {out / 'metrics_summary.json'}, {len(drawn)} picture(s) under {out / 'samples'}"
-          + ("" if args.no_curves else f", curves under {out / 'plots'}"))
+          + ("" if args.curves == "none" else f", curves under {out / 'plots'}"))
     if not complete:
         print(f"PARTIAL RESULT (--allow-partial): {len(scored)} of {len(expected)} samples scored", file=sys.stderr)
     return status
@@ -289,11 +300,17 @@ def cross_check(args: argparse.Namespace, gt: GroundTruth, summary: dict, result
     return EXIT_OK if ok else EXIT_CROSS_CHECK
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _last_line(e: BaseException) -> str:
+    """``Type: message`` of an error, without a DataLoader worker's embedded traceback."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def main(argv: list[str] | None = None, predictor: Predictor | None = None) -> int:
+    args = parse_args(argv, need_model=predictor is None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run(args)
+        return run(args, predictor)
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT

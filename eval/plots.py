@@ -29,9 +29,18 @@ EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4),
 
 
 def render_curves(
-    md_list: DetectionMetricDataList, metrics: DetectionMetrics, cfg: DetectionConfig, out_dir: str | Path
+    md_list: DetectionMetricDataList,
+    metrics: DetectionMetrics,
+    cfg: DetectionConfig,
+    out_dir: str | Path,
+    *,
+    summary: bool = True,
+    classes: Sequence[str] | None = None,
+    dist_ths: Sequence[float] | None = None,
 ) -> list[Path]:
-    """The devkit's ``DetectionEval.render`` plots (summary, per-class PR and TP, per-distance PR) as PNGs."""
+    """The devkit's ``DetectionEval.render`` plots as PNGs: ``summary`` (the devkit's summary_plot, slow:
+    20 panels), per-class PR and TP curves (``classes``, default all) and per-distance PR curves
+    (``dist_ths``, default all)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -40,12 +49,13 @@ def render_curves(
         paths.append(out / f"{name}.png")
         return str(paths[-1])
 
-    summary_plot(md_list, metrics, min_precision=cfg.min_precision, min_recall=cfg.min_recall,
-                 dist_th_tp=cfg.dist_th_tp, savepath=savepath("summary"))
-    for name in cfg.class_names:
+    if summary:
+        summary_plot(md_list, metrics, min_precision=cfg.min_precision, min_recall=cfg.min_recall,
+                     dist_th_tp=cfg.dist_th_tp, savepath=savepath("summary"))
+    for name in cfg.class_names if classes is None else classes:
         class_pr_curve(md_list, metrics, name, cfg.min_precision, cfg.min_recall, savepath=savepath(f"{name}_pr"))
         class_tp_curve(md_list, metrics, name, cfg.min_recall, cfg.dist_th_tp, savepath=savepath(f"{name}_tp"))
-    for dist_th in cfg.dist_ths:
+    for dist_th in cfg.dist_ths if dist_ths is None else dist_ths:
         dist_pr_curve(md_list, metrics, dist_th, cfg.min_precision, cfg.min_recall, savepath=savepath(f"dist_pr_{dist_th}"))
     plt.close("all")
     return paths

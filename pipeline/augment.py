@@ -127,8 +127,7 @@ def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | 
                  imgs_u8: torch.Tensor | None = None) -> Batch:
     """Raw worker batch -> augmented :class:`Batch` on ``device``.
 
-    ``raw["imgs"]``: ``[B, T, N, H, W, 3]`` uint8 (CPU, possibly pinned) unless ``imgs_u8``
-    (already decoded on ``device``) is given.
+    ``imgs_u8``: ``[B, T, N, H, W, 3]`` uint8 images (on ``device`` or host); defaults to ``raw["imgs"]``.
     """
     k = raw["intrinsics"]  # [B, T, N, 3, 3] float64
     b, t, n = k.shape[:3]
@@ -145,7 +144,7 @@ def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | 
     e2i = conventions.ego2img(k_aug, e2c) @ bev_inv[:, None, None]
     cfp = bev[:, None] @ conventions.cur_from_prev(e2g[:, -1:], e2g) @ bev_inv[:, None]
 
-    x = imgs_u8 if imgs_u8 is not None else raw["imgs"].to(device, non_blocking=True)
+    x = (imgs_u8 if imgs_u8 is not None else raw["imgs"]).to(device, non_blocking=True)
     x = x.permute(0, 1, 2, 5, 3, 4).float().div_(255.0)  # [B, T, N, 3, H, W]
     if train_aug and not torch.equal(a_img, eye3.expand_as(a_img)):
         a_all = a_img[:, None].expand(b, t, n, 3, 3).reshape(-1, 3, 3).to(device, torch.float32)

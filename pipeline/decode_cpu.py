@@ -52,6 +52,24 @@ def draft_factor(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
     return r
 
 
+def rgb_view(im: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` uint8 view of a decoded RGB PIL image without packing its pixels.
+
+    Pillow keeps RGB as 4 bytes per pixel; ``np.asarray(im)`` packs them through ``tobytes``
+    (about as slow as the JPEG decode itself at 1600x900). Pillow's Arrow export shares the
+    pixel memory instead; we take a strided view of it (falls back to ``np.asarray``).
+    """
+    try:
+        import pyarrow as pa
+
+        arr = pa.array(im)  # fixed_size_list<uint8>[4] per pixel, zero-copy
+        data = arr.values.buffers()[1]
+        w, h = im.size
+        return np.frombuffer(data, np.uint8, count=w * h * 4).reshape(h, w, 4)[..., :3]
+    except Exception:  # noqa: BLE001 - older Pillow or a multi-block image
+        return np.asarray(im)
+
+
 class CpuDecoder:
     """PIL decoder: DCT-domain downscale where possible, then crop+resize to the exact size.
 
@@ -65,7 +83,8 @@ class CpuDecoder:
         self.crop_box = tuple(crop_box)
         self.use_draft = use_draft
 
-    def decode(self, data: bytes, src_wh: tuple[int, int]) -> np.ndarray:
+    def decode(self, data: bytes, src_wh: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+        """Decode one JPEG; with ``out`` (``[H, W, 3]`` uint8) the pixels are written there."""
         src_w, src_h = int(src_wh[0]), int(src_wh[1])
         h, w = self.out_hw
         x0, y0, x1, y1 = crop_pixels(src_w, src_h, self.crop_box)
@@ -91,13 +110,16 @@ class CpuDecoder:
             r = src_w / im.size[0]
         box = (x0 / r, y0 / r, x1 / r, y1 / r)
         if all(float(v).is_integer() for v in box) and (box[2] - box[0], box[3] - box[1]) == (w, h):
-            im = im.crop(tuple(int(v) for v in box))
+            bx = tuple(int(v) for v in box)
+            arr = rgb_view(im)[bx[1]:bx[3], bx[0]:bx[2]]  # pure crop: a view, no resampling
         else:
-            im = im.resize((w, h), Image.BILINEAR, box=box, reducing_gap=None)
-        out = np.asarray(im)
-        if out.shape != (h, w, 3):  # pragma: no cover - defensive
-            raise DecodeError(f"decoded shape {out.shape}, expected {(h, w, 3)}")
-        return out
+            arr = rgb_view(im.resize((w, h), Image.BILINEAR, box=box, reducing_gap=None))
+        if arr.shape != (h, w, 3):  # pragma: no cover - defensive
+            raise DecodeError(f"decoded shape {arr.shape}, expected {(h, w, 3)}")
+        if out is not None:
+            out[...] = arr
+            return out
+        return arr
 
     def decode_many(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[np.ndarray | Exception]:
         out: list[np.ndarray | Exception] = []

@@ -37,7 +37,7 @@ from .augment import finish_batch
 from .batch import Batch
 from .config import LoaderConfig
 from .meta import open_sidecar_table
-from .stream import EpochSpec, LoaderError, WindowStream, dali_on_gpu, io_options
+from .stream import EpochSpec, FrameCache, LoaderError, WindowStream, dali_on_gpu, io_options
 from .urls import ShardSpec, expand_shard_urls
 
 log = logging.getLogger("pipeline")
@@ -128,29 +128,35 @@ class Loader:
         self._progress = {int(w): (int(v[0]), int(v[1])) for w, v in state["workers"].items()}
 
     # -- iteration -----------------------------------------------------------------------
-    def _decode_on_gpu(self, raw: dict[str, Any]) -> torch.Tensor:
+    def _decode_on_gpu(self, raw: dict[str, Any]) -> torch.Tensor | None:
+        """DALI nvJPEG decode of the batch's new frames: ``[F, N, H, W, 3]`` uint8 on the GPU."""
         from .decode_dali import DaliDecoder
 
-        jpegs = raw.pop("jpegs")
+        jpegs = raw.pop("new_jpegs")
         src_wh = raw.pop("src_wh")
-        b, t = len(jpegs), len(jpegs[0])
-        n = len(jpegs[0][0])
-        flat = [d for win in jpegs for frame in win for d in frame]
-        whs = [tuple(int(v) for v in src_wh[i, j, c]) for i in range(b) for j in range(t) for c in range(n)]
+        if not jpegs:
+            return None
+        n = len(jpegs[0])
+        flat = [d for frame in jpegs for d in frame]
+        whs = [tuple(int(v) for v in wh[c]) for wh in src_wh for c in range(n)]
         if self._gpu_decoder is None:
             dev = self.device.index if self.device.index is not None else torch.cuda.current_device()
             self._gpu_decoder = DaliDecoder(self.cfg.image_size, self.cfg.crop_box, gpu=True,
-                                            max_batch=b * t * n, num_threads=2, device_id=dev)
+                                            max_batch=max(len(flat), 6 * self.cfg.batch_size * self.cfg.T),
+                                            num_threads=2, device_id=dev)
         out = self._gpu_decoder.decode_many(flat, whs)
         bad = [i for i, o in enumerate(out) if isinstance(o, Exception)]
         if bad:
-            raise LoaderError(f"GPU decode failed for sample {raw['keys'][bad[0] // (t * n)]!r}: {out[bad[0]]}")
-        return torch.stack(out).reshape(b, t, n, *out[0].shape)
+            raise LoaderError(f"GPU decode failed for frame {raw['new_frame_ids'][bad[0] // n]}: {out[bad[0]]}")
+        return torch.stack(out).reshape(len(jpegs), n, *out[0].shape)
 
     def host_batches(self) -> Iterator[dict[str, Any]]:
-        """One epoch of raw host batches, as the workers produce them (uint8 images
-        ``imgs [B, T, N, H, W, 3]``, or JPEG bytes for GPU decode, plus float64 metadata);
-        pinned when the loader's device is CUDA. :meth:`__iter__` turns them into Batches."""
+        """One epoch of raw host batches, as the workers produce them: the frames used for the
+        first time (``new_frames [F, N, H, W, 3]`` uint8, or their JPEG bytes for GPU decode),
+        ``frame_ids [B, T]``, releases, and float64 metadata; pinned when the device is CUDA.
+        Each decoded frame crosses to the main process (and to the GPU) once, however many
+        windows use it; :meth:`__iter__` assembles ``[B, T, N, ...]`` on the device
+        (:class:`pipeline.stream.FrameCache`) and augments."""
         cfg = self.cfg
         ds = WindowStream(cfg, self.shards, self.rank, self.world)
         ds.spec = EpochSpec(self.epoch, self.per_worker_batches(), dict(self._progress),
@@ -164,8 +170,8 @@ class Loader:
             prog = raw.pop("progress")
             self._progress[prog["worker"]] = (prog["consumed"], prog["delivered"])
             self.error_stats[prog["worker"]] = (prog["errors"], prog["seen"])
+            self._batches_done += 1  # counted when handed out (state_dict right after is exact)
             yield raw
-            self._batches_done += 1
         errs = sum(e for e, _ in self.error_stats.values())
         if errs:
             log.warning("epoch %d: %d bad sample(s) skipped of %d read", self.epoch, errs,
@@ -177,9 +183,12 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         cfg = self.cfg
         gpu_decode = dali_on_gpu(cfg)
+        cache = FrameCache(self.device)
         for raw in self.host_batches():
-            gen = torch.Generator().manual_seed(hash((cfg.seed, self.epoch, self.rank, self._batches_done)) & (2**63 - 1))
-            imgs = self._decode_on_gpu(raw) if gpu_decode else None
+            index = self._batches_done - 1  # of this batch within the epoch
+            gen = torch.Generator().manual_seed(hash((cfg.seed, self.epoch, self.rank, index)) & (2**63 - 1))
+            new = self._decode_on_gpu(raw) if gpu_decode else None
+            imgs = cache.assemble(raw, new)
             yield finish_batch(raw, cfg, gen, self.device, imgs_u8=imgs)
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shards.conventions import CAMERAS
 
 from .config import LoaderConfig
-from .decode_cpu import CpuDecoder, decode_matrix
+from .decode_cpu import CpuDecoder, DecodeError, decode_matrix
 from .meta import ShardMeta, open_sidecar_table
 from .tario import TarReadError, iter_tar_samples
 from .urls import IOOptions, ShardSpec, open_stream
@@ -44,10 +44,27 @@ class LoaderError(RuntimeError):
 
 @dataclass
 class Frame:
-    """A decoded sample: images ``[C, H, W, 3]`` uint8 (or JPEG bytes for main-process decode)."""
+    """A decoded sample: images ``[C, H, W, 3]`` uint8 (or JPEG bytes for main-process decode).
+    ``fid`` is unique within the worker for the epoch (the main process caches frames by it)."""
 
     imgs: Any
     points: np.ndarray | None = None
+    fid: int = -1
+
+
+@dataclass
+class FrameLedger:
+    """Per-worker bookkeeping of the frame transport: every frame crosses to the main process
+    once (in the first batch that uses it); the main process keeps it until it is released
+    (its clip's last window was delivered)."""
+
+    next_id: int = 0
+    sent: set[int] = field(default_factory=set)
+    released: list[int] = field(default_factory=list)
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
 
 
 @dataclass
@@ -139,7 +156,8 @@ class Executor:
     """
 
     def __init__(self, src: PlanSource, stream: list[int], windows: list[Window], decoder, errors: ErrorCounter,
-                 *, decode_in_worker: bool, load_points: bool):
+                 *, decode_in_worker: bool, load_points: bool, ledger: FrameLedger | None = None):
+        self.ledger = ledger or FrameLedger()
         self.src = src
         self.windows = windows
         self.decoder = decoder
@@ -234,14 +252,27 @@ class Executor:
                 self.errors.bad(f"{url}: sample {key!r} camera {bad[0][0]}: {bad[0][1]}")
                 return None
             self.errors.ok()
-            return Frame(datas, points)
-        out = self.decoder.decode_many(datas, whs)
-        for c, o in enumerate(out):
+            return Frame(datas, points, self.ledger.new_id())
+        buf = _shared_uint8((len(CAMERAS),) + tuple(self.decoder.out_hw) + (3,))  # [C, H, W, 3]
+        view = buf.numpy()
+        if isinstance(self.decoder, CpuDecoder):
+            outs: list = []
+            for c in range(len(CAMERAS)):
+                try:
+                    outs.append(self.decoder.decode(datas[c], whs[c], out=view[c]))
+                except DecodeError as e:
+                    outs.append(e)
+                    break
+        else:  # DALI on CPU: one pipeline run for the six cameras
+            outs = self.decoder.decode_many(datas, whs)
+        for c, o in enumerate(outs):
             if isinstance(o, Exception):
                 self.errors.bad(f"{url}: sample {key!r} camera {CAMERAS[c]} ({CAMERA_EXTS[c]}): {o}")
                 return None
+            if o is not view[c]:
+                view[c] = o
         self.errors.ok()
-        return Frame(np.stack(out), points)
+        return Frame(buf, points, self.ledger.new_id())
 
     def _ensure(self, s: int, rows: tuple[int, ...]) -> None:
         while any((s, r) not in self.cache for r in rows):
@@ -276,12 +307,29 @@ class Executor:
             yield w, result, valid
             if self.last_use.get((w.shard, w.clip)) == i:
                 for r in self.clip_rows[(w.shard, w.clip)]:
-                    self.cache.pop((w.shard, r), None)
+                    f = self.cache.pop((w.shard, r), None)
+                    if f is not None:
+                        self.ledger.released.append(f.fid)
+
+
+def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor, in shared memory when inside a DataLoader worker (so the
+    DataLoader sends it without another copy)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    n = int(np.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(n, 1))).view(-1)[:n].view(shape)
 
 
 def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int, ShardMeta],
-            cfg: LoaderConfig, decode_in_worker: bool) -> dict[str, Any]:
-    """Raw batch (numpy / torch CPU tensors): images uint8 ``[B, T, C, H, W, 3]`` and metadata."""
+            cfg: LoaderConfig, decode_in_worker: bool, ledger: FrameLedger) -> dict[str, Any]:
+    """Raw batch (numpy / torch CPU tensors).
+
+    Images travel deduplicated: ``new_frames [F, C, H, W, 3]`` uint8 holds the frames this
+    batch uses for the first time (ids ``new_frame_ids``), ``frame_ids [B, T]`` names the frame
+    of every window slot, and ``release`` lists ids no later batch of this worker uses. The
+    main process keeps a frame cache (see :func:`assemble_images`).
+    """
     rows_meta = [(metas[w.shard], w.rows) for w, _, _ in items]
 
     def gather(attr: str) -> np.ndarray:
@@ -299,18 +347,26 @@ def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int
         "decode_aug": torch.from_numpy(a_dec),
         "valid_prev": torch.tensor([v for _, _, v in items], dtype=torch.bool),
     }
+    # frames: each crosses once; the batch refers to them by id
+    fids = torch.tensor([[f.fid for f in frames] for _, frames, _ in items], dtype=torch.int64)
+    new: list[Frame] = []
+    for _, frames, _ in items:
+        for f in frames:
+            if f.fid not in ledger.sent:
+                ledger.sent.add(f.fid)
+                new.append(f)
+    out["frame_ids"] = fids
+    out["new_frame_ids"] = [f.fid for f in new]
     if decode_in_worker:
-        first = items[0][1][0].imgs  # [C, H, W, 3]
-        imgs = torch.empty((len(items), len(items[0][1])) + first.shape, dtype=torch.uint8)
-        if get_worker_info() is not None:
-            imgs.share_memory_()  # filled in place: the DataLoader then sends it without another copy
-        for b, (_, frames, _) in enumerate(items):
-            for t, f in enumerate(frames):
-                imgs[b, t] = torch.from_numpy(f.imgs)
-        out["imgs"] = imgs
+        out["new_frames"] = [f.imgs for f in new]  # each [C, H, W, 3] uint8, already in shared memory
     else:
-        out["jpegs"] = [[f.imgs for f in frames] for _, frames, _ in items]
-        out["src_wh"] = cam_size
+        out["new_jpegs"] = [f.imgs for f in new]
+        out["src_wh"] = {f.fid: cam_size[b, t] for b, (_, frames, _) in enumerate(items) for t, f in enumerate(frames)}
+        out["src_wh"] = [out["src_wh"][f.fid] for f in new]
+    released = [i for i in ledger.released if i in ledger.sent]
+    ledger.sent.difference_update(released)
+    ledger.released = []
+    out["release"] = released
     boxes, labels, attrs, npts, vis, points = [], [], [], [], [], []
     tokens, scenes, stamps = [], [], []
     for (m, rows), (_, frames, _) in zip(rows_meta, items):
@@ -380,6 +436,7 @@ class WindowStream(IterableDataset):
         errors.check(final=True)
 
     def _tag(self, batch: dict, worker: int, consumed: int, delivered: int, errors: ErrorCounter) -> dict:
+        batch["worker"] = worker
         batch["progress"] = {"worker": worker, "consumed": consumed, "delivered": delivered,
                              "errors": errors.errors, "seen": errors.seen}
         return batch
@@ -388,6 +445,8 @@ class WindowStream(IterableDataset):
         cfg = self.cfg
         quota = self.spec.batches_per_worker[worker] if worker < len(self.spec.batches_per_worker) else 0
         pos, cycle, pending = 0, 0, []
+        ledger = FrameLedger()
+        metas: dict[int, ShardMeta] = {}
         while delivered < quota:
             stream, wins = train_cycle(src.clips, len(self.shards), seed=cfg.seed, epoch=self.spec.epoch,
                                        cycle=cycle, rank=self.rank, world=self.world, worker=worker,
@@ -399,7 +458,8 @@ class WindowStream(IterableDataset):
             pos += skip
             if skip < len(wins):
                 ex = Executor(src, stream, wins[skip:], decoder, errors, decode_in_worker=self.decode_in_worker,
-                              load_points=cfg.load_points)
+                              load_points=cfg.load_points, ledger=ledger)
+                ex.metas = metas  # shared across passes: pending windows may come from the last pass
                 for item in ex:
                     pos += 1
                     if item[1] is None:
@@ -407,7 +467,7 @@ class WindowStream(IterableDataset):
                     pending.append(item)
                     if len(pending) == cfg.batch_size:
                         delivered += 1
-                        batch = collate(pending, ex.metas, cfg, self.decode_in_worker)
+                        batch = collate(pending, metas, cfg, self.decode_in_worker, ledger)
                         pending = []
                         yield self._tag(batch, worker, pos, delivered, errors)
                         if delivered >= quota:
@@ -424,11 +484,38 @@ class WindowStream(IterableDataset):
         wins = [w for b in batches for w in b]
         if not wins:
             return
+        ledger = FrameLedger()
         ex = Executor(src, shards, wins, decoder, errors, decode_in_worker=self.decode_in_worker,
-                      load_points=cfg.load_points)
+                      load_points=cfg.load_points, ledger=ledger)
         it = iter(ex)
         for b in batches:
             items = [x for x in (next(it) for _ in b) if x[1] is not None]
             delivered += 1
             if items:
-                yield self._tag(collate(items, ex.metas, cfg, self.decode_in_worker), worker, 0, delivered, errors)
+                yield self._tag(collate(items, ex.metas, cfg, self.decode_in_worker, ledger), worker, 0, delivered,
+                                errors)
+
+
+class FrameCache:
+    """Main-process side of the frame transport: frames by (worker, id) on the batch device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.frames: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def assemble(self, raw: dict[str, Any], new_frames: torch.Tensor | list | None = None) -> torch.Tensor:
+        """Store the batch's new frames, build ``[B, T, C, H, W, 3]`` uint8 on the device, apply releases."""
+        w = int(raw["worker"])
+        new = raw.pop("new_frames") if new_frames is None else new_frames
+        ids = raw.pop("new_frame_ids")
+        for i, fid in enumerate(ids):
+            self.frames[(w, fid)] = new[i].to(self.device, non_blocking=True)
+        fids = raw.pop("frame_ids")
+        b, t = fids.shape
+        imgs = torch.stack([self.frames[(w, int(f))] for f in fids.flatten()])
+        for fid in raw.pop("release"):
+            self.frames.pop((w, int(fid)), None)
+        return imgs.reshape(b, t, *imgs.shape[1:])

@@ -17,6 +17,7 @@ instance annotated in one keyframe only) the sidecar stores 0.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -24,8 +25,9 @@ import json
 import os
 import tarfile
 import time
+from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -375,16 +377,25 @@ def _lidar_npy(path: str, lidar2ego: list[float]) -> bytes:
 
 
 class _TarWriter:
-    """Deterministic USTAR writer that hashes as it writes and records DALI index entries."""
+    """Deterministic USTAR writer that records DALI index entries and hashes what it writes.
 
-    def __init__(self, f) -> None:
+    The sha256 runs on a background thread (hashlib releases the GIL), so hashing overlaps
+    reading and writing; at most ``max_pending`` chunks wait for it.
+    """
+
+    def __init__(self, f, max_pending: int = 64) -> None:
         self.f = f
         self.pos = 0
         self.sha = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque = deque()
+        self._max_pending = max_pending
 
     def _write(self, b: bytes) -> None:
         self.f.write(b)
-        self.sha.update(b)
+        self._pending.append(self._hasher.submit(self.sha.update, b))  # one thread: updates stay in order
+        if len(self._pending) > self._max_pending:
+            self._pending.popleft().result()
         self.pos += len(b)
 
     def add(self, name: str, data: bytes) -> int:
@@ -399,11 +410,16 @@ class _TarWriter:
             self._write(b"\0" * pad)
         return offset
 
-    def close(self) -> None:
+    def close(self) -> str:
+        """Write the end-of-archive blocks; return the tar's sha256."""
         self._write(b"\0" * (2 * TAR_BLOCK))
         pad = -self.pos % TAR_RECORD
         if pad:
             self._write(b"\0" * pad)
+        while self._pending:
+            self._pending.popleft().result()
+        self._hasher.shutdown()
+        return self.sha.hexdigest()
 
 
 def _sha256_file(path: Path) -> str:
@@ -439,8 +455,7 @@ def write_shard(out: Path, shard: ShardJob, settings: BuildSettings) -> dict[str
                 name = f"{s.key}.{LIDAR_MEMBER}"
                 comps.append(f"{LIDAR_MEMBER} {w.add(name, data)} {len(data)} {name}")
             idx_lines.append(" ".join(comps))
-        w.close()
-    tar_sha = w.sha.hexdigest()
+        tar_sha = w.close()
     tar_bytes = w.pos
 
     table = pa.Table.from_pylist([s.row for s in shard.samples], schema=SIDECAR_SCHEMA)
@@ -475,6 +490,14 @@ def _existing_entry(out: Path, shard: ShardJob) -> dict | None:
 
 
 # --------------------------------------------------------------------------- the build
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (a devkit dependency)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -550,7 +573,8 @@ def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str
         raise BuildError(f"workers must be >= 1, got {workers}")
     check_inputs(dataroot, version, split)
     nusc = load_nuscenes(dataroot, version)
-    shards, missing, scenes = plan_shards(nusc, dataroot, split, settings, progress=progress)
+    with _single_threaded_blas():  # many tiny 4x4 inversions: BLAS threads only add overhead
+        shards, missing, scenes = plan_shards(nusc, dataroot, split, settings, progress=progress)
     del nusc
     state = {"source": {"version": version, "split": split, "dataroot": dataroot.resolve().name},
              "settings": to_dict(settings), "plan_digest": plan_digest(shards)}

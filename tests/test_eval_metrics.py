@@ -185,3 +185,84 @@ def test_float64_global_columns_make_the_match_exact(devkit, synth_shards, synth
     rng = np.random.default_rng(1)
     sub = _submission(raw, gt.order, rng, noise=0.3, drop=0.1, false_pos=2)
     _assert_agree(evaluate(sub, gt).summary, _devkit_summary(sub, synth_dataroot, tmp_path), exact=True)
+
+
+def _noisy_result(raw, shard_gt):
+    rng = np.random.default_rng(3)
+    return evaluate(_submission(raw, shard_gt.order, rng, noise=0.3, drop=0.1, false_pos=1), shard_gt)
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_devkit_curves_render_as_png(devkit, shard_gt, tmp_path):
+    from eval.plots import render_curves
+
+    result = _noisy_result(devkit[1], shard_gt)
+    paths = render_curves(result.md_list, result.metrics, detection_config(), tmp_path, summary=False,
+                          classes=["car"], dist_ths=[2.0])
+    assert [p.name for p in paths] == ["car_pr.png", "car_tp.png", "dist_pr_2.0.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+@pytest.mark.slow
+def test_all_devkit_curves_render(devkit, shard_gt, tmp_path):
+    from eval.plots import render_curves
+
+    result = _noisy_result(devkit[1], shard_gt)
+    paths = render_curves(result.md_list, result.metrics, detection_config(), tmp_path)
+    assert len(paths) == 1 + 2 * 10 + 4 and all(_is_png(p) for p in paths)
+
+
+def _sidecar(rows: list[dict]):
+    """A minimal sidecar table (the columns eval.gt reads) from per-sample dicts."""
+    import pyarrow as pa
+
+    from shards.schema import SIDECAR_SCHEMA
+
+    cols = {}
+    for name in ("key", "sample_token", "scene_token", "scene_name", "timestamp", "frame_index", "ego2global",
+                 "gt_boxes", "gt_names", "gt_attrs", "num_lidar_pts", "num_radar_pts", "ann_tokens",
+                 "instance_tokens"):
+        cols[name] = pa.array([r[name] for r in rows], SIDECAR_SCHEMA.field(name).type)
+    return pa.table(cols)
+
+
+def _row(token: str, ts: int, frame: int, boxes, names, instances, pts=None):
+    n = len(boxes)
+    e2g = np.eye(4)
+    e2g[:3, 3] = [100.0, 200.0, 0.0]
+    return {"key": f"scene-0103_{frame:04d}", "sample_token": token, "scene_token": "sc", "scene_name": "scene-0103",
+            "timestamp": ts, "frame_index": frame, "ego2global": e2g.ravel().tolist(),
+            "gt_boxes": [list(map(float, b)) for b in boxes], "gt_names": names, "gt_attrs": [""] * n,
+            "num_lidar_pts": pts if pts is not None else [5] * n, "num_radar_pts": [0] * n,
+            "ann_tokens": [f"{token}-{i}" for i in range(n)], "instance_tokens": instances}
+
+
+def test_bike_rack_range_and_point_filters_follow_the_devkit():
+    rack = [10, 0, 0, 6, 3, 1.5, 0, 0, 0]
+    boxes = [rack, [10, 1, 0, 1.7, 0.6, 1.2, 0, 0, 0], [10, -1, 0, 4.5, 2, 1.6, 0, 0, 0],
+             [20, 5, 0, 1.7, 0.6, 1.2, 0, 0, 0], [45, 0, 0, 1.7, 0.6, 1.2, 0, 0, 0], [5, 5, 0, 4, 2, 1.5, 0, 0, 0]]
+    names = ["static_object.bicycle_rack", "vehicle.bicycle", "vehicle.car", "vehicle.bicycle", "vehicle.bicycle",
+             "vehicle.car"]
+    gt = load_ground_truth([_sidecar([_row("s0", 0, 0, boxes, names, list("abcdef"), pts=[3, 3, 3, 3, 3, 0])])])
+    assert [b.detection_name for b in gt.boxes["s0"]] == ["bicycle", "car", "bicycle", "bicycle", "car"]
+    assert gt.boxes["s0"][0].ego_translation == pytest.approx((10.0, 1.0, 0.0))
+    kept = gt.filtered(detection_config())["s0"]
+    # bicycle in the rack: out; car in the rack: in; bicycle at 45 m (> 40 m): out; car with 0 points: out
+    assert [(b.detection_name, b.translation[0] - 100.0) for b in kept] == [("car", 10.0), ("bicycle", 20.0)]
+
+
+def test_undefined_velocities_follow_box_velocity_rules():
+    from eval.gt import velocity_undefined
+
+    samples = [("t0", "sc", 0, ["once", "pair", "gap", "mid"]),
+               ("t1", "sc", 500_000, ["pair", "mid"]),
+               ("t2", "sc", 2_500_000, ["gap", "mid"]),
+               ("u0", "other", 0, ["pair"])]  # same instance token in another scene: its own instance
+    und = velocity_undefined(samples)
+    assert und["t0"].tolist() == [True, False, True, False]  # gap: 2.5 s one-sided > 1.5 s
+    assert und["t1"].tolist() == [False, False]  # mid at t1: centred over 2.5 s <= 3 s
+    assert und["t2"].tolist() == [True, True]  # one-sided over 2.5 s and 2.0 s: both > 1.5 s
+    assert und["u0"].tolist() == [True]

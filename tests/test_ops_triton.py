@@ -94,6 +94,26 @@ else:
         tri = forward_and_grads(rounded, "triton", dtype)
         _assert_close(tri, ref, rtol=tol, atol=tol, what=str(dtype))
 
+    def test_triton_mixed_dtypes_as_under_autocast():
+        """bf16 values with fp32 locations and weights (autocast-style): output bf16, each grad in its input's dtype."""
+        inputs = random_inputs(CASES["multi_level"], seed=13)
+        inputs["value"] = inputs["value"].to(torch.bfloat16)
+        ref = forward_and_grads(inputs, "reference", torch.float64)
+        value = inputs["value"].clone().requires_grad_(True)
+        loc = inputs["sampling_locations"].clone().requires_grad_(True)
+        weights = inputs["attention_weights"].clone().requires_grad_(True)
+        out = multi_scale_deformable_attn(
+            value, inputs["spatial_shapes"], inputs["level_start_index"], loc, weights, backend="triton"
+        )
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        assert (value.grad.dtype, loc.grad.dtype, weights.grad.dtype) == (
+            torch.bfloat16,
+            torch.float32,
+            torch.float32,
+        )
+        torch.testing.assert_close(out.double(), ref[0], rtol=2e-2, atol=2e-2)
+
     def test_triton_output_dtype_and_shape():
         inputs = random_inputs(CASES["single_level"], dtype=torch.float16, seed=1)
         out = multi_scale_deformable_attn(**inputs, backend="triton")

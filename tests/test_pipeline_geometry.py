@@ -13,7 +13,7 @@ import torch
 from pipeline import LoaderConfig
 from pipeline.augment import bev_aug_matrix, finish_batch, image_aug_matrix, warp_images
 from pipeline.config import BevAugConfig, ImageAugConfig
-from pipeline.stream import WindowStream
+from pipeline.stream import FrameCache, WindowStream
 from pipeline.urls import expand_shard_urls
 from shards import conventions as cv
 from shards.synth.render import PALETTE
@@ -28,7 +28,12 @@ def _raw_batches(shards, n: int, **kw):
     cfg = LoaderConfig(shards=str(shards), num_workers=0, **kw)
     ws = WindowStream(cfg, expand_shard_urls(cfg.shards), 0, 1)
     ws.spec.batches_per_worker = [n]
-    return cfg, list(ws)
+    cache = FrameCache(torch.device("cpu"))
+    raws = []
+    for raw in ws:
+        raw["imgs"] = cache.assemble(raw)  # [B, T, N, H, W, 3] uint8
+        raws.append(raw)
+    return cfg, raws
 
 
 def test_kornia_hflip_is_w_minus_1_minus_x():

@@ -16,6 +16,7 @@ Triton with ``TRITON_INTERPRET=1`` they run through Triton's interpreter instead
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -215,6 +216,11 @@ def _interpreted(fn):
     return InterpretedFunction(fn)
 
 
+def _device_guard(device: torch.device):
+    """Launch on the tensors' GPU (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _kernel(jit_fn: JITFunction, device: torch.device):
     """The compiled kernel for CUDA tensors; the interpreter when Triton runs in interpreter mode."""
     if interpreter_active():
@@ -268,10 +274,11 @@ class _DeformAttnTriton(torch.autograd.Function):
         block_q, block_d, warps = block_sizes(D, Q)
         if out.numel() > 0:
             grid = (triton.cdiv(Q, block_q), B * M)
-            _kernel(FORWARD, value.device)[grid](
-                value, table, starts, loc, attn, out, S, Q, M, D, L, P,
-                BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps,
-            )  # fmt: skip
+            with _device_guard(value.device):
+                _kernel(FORWARD, value.device)[grid](
+                    value, table, starts, loc, attn, out, S, Q, M, D, L, P,
+                    BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps,
+                )  # fmt: skip
         ctx.save_for_backward(value, loc, attn)
         ctx.shapes = tuple(shapes)
         return out.view(B, Q, M * D)
@@ -285,15 +292,16 @@ class _DeformAttnTriton(torch.autograd.Function):
         table, starts = _level_tables(ctx.shapes, value.device)
         grad_out = grad_out.contiguous()
         grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
-        grad_loc = torch.zeros_like(loc)
-        grad_attn = torch.zeros_like(attn)
+        grad_loc = torch.empty_like(loc)  # every element is written by the kernel
+        grad_attn = torch.empty_like(attn)
         block_q, block_d, warps = block_sizes(D, Q, "bwd")
         if grad_out.numel() > 0:
             grid = (triton.cdiv(Q, block_q), B * M)
-            _kernel(BACKWARD, value.device)[grid](
-                value, table, starts, loc, attn, grad_out, grad_value, grad_loc, grad_attn, S, Q, M, D, L, P,
-                BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps,
-            )  # fmt: skip
+            with _device_guard(value.device):
+                _kernel(BACKWARD, value.device)[grid](
+                    value, table, starts, loc, attn, grad_out, grad_value, grad_loc, grad_attn, S, Q, M, D, L, P,
+                    BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps,
+                )  # fmt: skip
         return grad_value.to(value.dtype), None, grad_loc, grad_attn
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from shards.conventions import CLASSES
 
@@ -156,10 +156,10 @@ def _face_texture(style, axis, sign, lx, ly, lz, hl, hw, hh):
     return m
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, sky_h, sky_z, fog_dist,
                   img, ids, total):
-    """Render one camera image.
+    """Render one camera image (rows in parallel).
 
     Args:
         kinv: ``[3, 3]`` inverse intrinsics. rot: ``[3, 3]`` camera -> global rotation.
@@ -171,10 +171,13 @@ def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, 
         total: out ``[N]`` int64, pixels each box covers ignoring occlusion (added to).
     """
     h_img, w_img = ids.shape
-    depth = np.empty((h_img, w_img))
-    col = np.empty((h_img, w_img, 3))
+    n_box = boxes.shape[0]
+    row_total = np.zeros((h_img, n_box), dtype=np.int64)
     ox, oy, oz = origin[0], origin[1], origin[2]
-    for v in range(h_img):
+    for v in prange(h_img):
+        depth = np.empty(w_img)
+        col = np.empty((w_img, 3))
+        # ground and sky
         for u in range(w_img):
             cx = kinv[0, 0] * u + kinv[0, 1] * v + kinv[0, 2]
             cy = kinv[1, 0] * u + kinv[1, 1] * v + kinv[1, 2]
@@ -185,24 +188,26 @@ def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, 
                 dy = rot[1, 0] * cx + rot[1, 1] * cy + rot[1, 2] * cz
                 t = -oz / dz
                 g = ground_shade(ox + t * dx, oy + t * dy)
-                depth[v, u] = t
-                col[v, u, 0] = g
-                col[v, u, 1] = g
-                col[v, u, 2] = g * 1.04
+                depth[u] = t
+                col[u, 0] = g
+                col[u, 1] = g
+                col[u, 2] = g * 1.04
                 ids[v, u] = -1
             else:
                 nrm = math.sqrt(cx * cx + cy * cy + cz * cz)
                 e = min(1.0, max(0.0, 3.0 * dz / nrm))
                 for k in range(3):
-                    col[v, u, k] = sky_h[k] * (1 - e) + sky_z[k] * e
-                depth[v, u] = 1e30
+                    col[u, k] = sky_h[k] * (1 - e) + sky_z[k] * e
+                depth[u] = 1e30
                 ids[v, u] = -2
-    for b in range(boxes.shape[0]):
-        bx, by, bz = boxes[b, 0], boxes[b, 1], boxes[b, 2]
-        hl, hw, hh = boxes[b, 3] / 2, boxes[b, 4] / 2, boxes[b, 5] / 2
-        c, s = math.cos(boxes[b, 6]), math.sin(boxes[b, 6])
-        st = styles[b]
-        for v in range(rects[b, 2], rects[b, 3]):
+        # boxes, nearest wins (z-buffer)
+        for b in range(n_box):
+            if v < rects[b, 2] or v >= rects[b, 3]:
+                continue
+            bx, by, bz = boxes[b, 0], boxes[b, 1], boxes[b, 2]
+            hl, hw, hh = boxes[b, 3] / 2, boxes[b, 4] / 2, boxes[b, 5] / 2
+            c, s = math.cos(boxes[b, 6]), math.sin(boxes[b, 6])
+            st = styles[b]
             for u in range(rects[b, 0], rects[b, 1]):
                 cx = kinv[0, 0] * u + kinv[0, 1] * v + kinv[0, 2]
                 cy = kinv[1, 0] * u + kinv[1, 1] * v + kinv[1, 2]
@@ -213,10 +218,10 @@ def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, 
                 t, axis, sign, lx, ly, lz = _ray_box(ox, oy, oz, dx, dy, dz, bx, by, bz, hl, hw, hh, c, s)
                 if t <= 0.0:
                     continue
-                total[b] += 1
-                if t >= depth[v, u]:
+                row_total[v, b] += 1
+                if t >= depth[u]:
                     continue
-                depth[v, u] = t
+                depth[u] = t
                 ids[v, u] = b
                 # world normal of the face hit
                 if axis == 2:
@@ -228,20 +233,21 @@ def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, 
                 shade = 0.5 + 0.5 * max(0.0, nx * sun[0] + ny * sun[1] + nz * sun[2])
                 m = shade * tints[b] * _face_texture(st, axis, sign, lx, ly, lz, hl, hw, hh)
                 for k in range(3):
-                    col[v, u, k] = min(1.0, palette[st, k] * m)
-    for v in range(h_img):
+                    col[u, k] = min(1.0, palette[st, k] * m)
+        # haze with distance, then quantise
         for u in range(w_img):
-            if ids[v, u] == -2:
-                f = 0.0
-            else:
+            f = 0.0
+            if ids[v, u] != -2:
                 cx = kinv[0, 0] * u + kinv[0, 1] * v + kinv[0, 2]
                 cy = kinv[1, 0] * u + kinv[1, 1] * v + kinv[1, 2]
                 cz = kinv[2, 0] * u + kinv[2, 1] * v + kinv[2, 2]
-                dist = depth[v, u] * math.sqrt(cx * cx + cy * cy + cz * cz)
-                f = 1.0 - math.exp(-dist / fog_dist)
+                f = 1.0 - math.exp(-depth[u] * math.sqrt(cx * cx + cy * cy + cz * cz) / fog_dist)
             for k in range(3):
-                x = col[v, u, k] * (1 - f) + sky_h[k] * f
+                x = col[u, k] * (1 - f) + sky_h[k] * f
                 img[v, u, k] = np.uint8(min(255.0, max(0.0, x * 255.0 + 0.5)))
+    for b in range(n_box):
+        for v in range(h_img):
+            total[b] += row_total[v, b]
 
 
 @njit(cache=True)

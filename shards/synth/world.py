@@ -316,48 +316,64 @@ def make_world(seed: int, scene_name: str, duration: float) -> SceneWorld:
         cat = _category(rng, cls)
         acts.add(CLASSES.index(cls), cat, "cycle.with_rider", _size(rng, cls, cat), -5.9, s, speed, 0.0, tint())
 
-    # Kerb-side parking on both sides (static), now and then a parked two-wheeler or a cart.
-    for d in (-9.2, 11.3):
-        prev_end = -1e9
-        for s in _fill_lane(rng, lo, hi, (10.0, 55.0), density):
-            cls = _pick(rng, {"car": 0.4, "truck": 0.14, "trailer": 0.12, "construction_vehicle": 0.12,
-                              "motorcycle": 0.08, "bicycle": 0.08, "other": 0.06})
-            if cls == "other":
-                cat = str(rng.choice(list(OTHER_CATEGORIES)))
-                size, style, attr = OTHER_CATEGORIES[cat], OTHER, ""
-            else:
-                cat = _category(rng, cls)
-                size, style = _size(rng, cls, cat), CLASSES.index(cls)
-                attr = "cycle.without_rider" if cls in ("motorcycle", "bicycle") else "vehicle.parked"
-            if s - size[0] / 2 < prev_end + 1.0:
-                continue
-            prev_end = s + size[0] / 2
-            yaw = 0.0 if rng.random() < 0.7 else np.pi
-            acts.add(style, cat, attr, size, d, s, 0.0, yaw + rng.normal(0, 0.03), tint())
+    # Kerb-side parking on both sides (static), now and then a parked two-wheeler or a cart. First one
+    # of each rarer class is parked near the ego's path (a stopped bus at a stop), so every scene
+    # shows every class; then the kerbs are filled around them.
+    kerbs = (-9.2, 11.3)
+    taken: dict[float, list[tuple[float, float]]] = {d: [] for d in kerbs}
 
-    # Work zones: rows of cones or barriers between the traffic and the parking.
-    for d in (-7.3, 9.1):
-        for _ in range(int(rng.integers(0, 2)) + int(d < 0)):
-            z_start = float(rng.uniform(lo, hi - 20.0))
-            z_len = float(rng.uniform(10.0, 25.0))
-            cls = "traffic_cone" if rng.random() < 0.55 else "barrier"
-            step = float(rng.uniform(1.8, 3.0)) if cls == "traffic_cone" else float(rng.uniform(2.8, 3.4))
-            for s in np.arange(z_start, z_start + z_len, step):
-                cat = _category(rng, cls)
-                size = _size(rng, cls, cat)
-                yaw = rng.uniform(-np.pi, np.pi) if cls == "traffic_cone" else np.pi / 2 + rng.normal(0, 0.05)
-                acts.add(CLASSES.index(cls), cat, "", size, d, float(s), 0.0, yaw, tint())
+    def park(cls: str, d: float, s: float, gap: float) -> bool:
+        if cls == "other":
+            cat = str(rng.choice(list(OTHER_CATEGORIES)))
+            size, style, attr = OTHER_CATEGORIES[cat], OTHER, ""
+        else:
+            cat = _category(rng, cls)
+            size, style = _size(rng, cls, cat), CLASSES.index(cls)
+            attr = {"motorcycle": "cycle.without_rider", "bicycle": "cycle.without_rider",
+                    "bus": "vehicle.stopped"}.get(cls, "vehicle.parked")
+        a, b = s - size[0] / 2 - gap, s + size[0] / 2 + gap
+        if any(a < hi_ and lo_ < b for lo_, hi_ in taken[d]):
+            return False
+        taken[d].append((a, b))
+        yaw = 0.0 if (rng.random() < 0.7 or cls == "bus") else np.pi
+        acts.add(style, cat, attr, size, d, s, 0.0, yaw + rng.normal(0, 0.03), tint())
+        return True
+
+    for cls in ("bus", "trailer", "construction_vehicle", "truck", "motorcycle", "bicycle"):
+        for _ in range(5):
+            if park(cls, kerbs[int(rng.integers(2))], float(rng.uniform(-15.0, s_end + 25.0)), 1.0):
+                break
+    for d in kerbs:
+        for s in _fill_lane(rng, lo, hi, (15.0, 70.0), density):
+            park(_pick(rng, {"car": 0.4, "truck": 0.14, "trailer": 0.12, "construction_vehicle": 0.12,
+                             "motorcycle": 0.08, "bicycle": 0.08, "other": 0.06}), d, s, 0.5)
+
+    # Work zones: rows of cones or barriers between the traffic and the parking; every scene has a
+    # cone row and a barrier row close to the ego's path, and maybe one more anywhere.
+    zones = [("traffic_cone", float(rng.uniform(-25.0, s_end + 5.0))),
+             ("barrier", float(rng.uniform(-25.0, s_end + 5.0)))]
+    if rng.random() < 0.5:
+        zones.append(("traffic_cone" if rng.random() < 0.5 else "barrier", float(rng.uniform(lo, hi - 20.0))))
+    for cls, z_start in zones:
+        d = -7.3 if rng.random() < 0.6 else 9.1
+        z_len = float(rng.uniform(6.0, 15.0))
+        step = float(rng.uniform(2.2, 3.2)) if cls == "traffic_cone" else float(rng.uniform(2.8, 3.4))
+        for s in np.arange(z_start, z_start + z_len, step):
+            cat = _category(rng, cls)
+            size = _size(rng, cls, cat)
+            yaw = rng.uniform(-np.pi, np.pi) if cls == "traffic_cone" else np.pi / 2 + rng.normal(0, 0.05)
+            acts.add(CLASSES.index(cls), cat, "", size, d, float(s), 0.0, yaw, tint())
 
     # Sidewalks: two walking lines and one line of standing or sitting people per side.
     for d, direction in ((-11.4, 1.0), (-12.2, -1.0), (13.5, -1.0), (14.3, 1.0)):
         speed = direction * float(rng.uniform(0.9, 1.6))
-        for s in _fill_lane(rng, *_moving_range(lo, hi, speed, duration), (15.0, 110.0), density):
+        for s in _fill_lane(rng, *_moving_range(lo, hi, speed, duration), (18.0, 130.0), density):
             cat = _category(rng, "pedestrian")
             yaw = 0.0 if direction > 0 else np.pi
             acts.add(CLASSES.index("pedestrian"), cat, "pedestrian.moving", _size(rng, "pedestrian", cat), d, s,
                      speed, yaw + rng.normal(0, 0.05), tint())
     for d in (-13.0, 15.1):
-        for s in _fill_lane(rng, lo, hi, (12.0, 80.0), density):
+        for s in _fill_lane(rng, lo, hi, (16.0, 100.0), density):
             what = _pick(rng, {"standing": 0.6, "sitting": 0.15, "bicycle": 0.15, "other": 0.1})
             if what == "other":
                 cat = str(rng.choice(list(OTHER_CATEGORIES)[:2]))

@@ -1,0 +1,151 @@
+"""Two CPU ranks (torchrun, gloo, DeepSpeed ZeRO-2) train the tiny preset on synthetic shards; kill -9 + resume.
+
+Real components throughout: ``pipeline.build_loader`` over the ``synth_shards`` fixture, the tiny
+BEVFormer v2 (shrunk by overrides to keep CPU time small), DeepSpeed's CPU accelerator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 4
+CKPT_EVERY = 2
+SMALL = [  # a smaller tiny: 64x176 images, 25x25 BEV, 50+20 queries, ResNet-18 stem..layer3 frozen
+    "data.image_size=[64,176]", "data.num_workers=1", "model.backbone.frozen_stages=3",
+    "model.encoder.bev_h=25", "model.encoder.bev_w=25", "model.head.num_queries=50", "model.head.num_hybrid=20",
+]
+
+
+def _command(shards: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "train", "--config", "configs/tiny.yaml",
+        f"data.shards={shards}", f"out_dir={out_dir}", f"schedule.total_steps={STEPS}", "schedule.warmup_steps=2",
+        "optim.lr=1e-3", "deepspeed.zero_stage=2", f"checkpoint.every_steps={CKPT_EVERY}", "checkpoint.keep_last=0",
+        "logging.log_samples=true", "logging.progress=false", *SMALL, *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _records(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "logs" / "train.jsonl").read_text().splitlines()]
+
+
+def _steps(out_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in _records(out_dir) if "event" not in r}
+
+
+def _samples(out_dir: Path, rank: int) -> dict[int, list[str]]:
+    lines = (out_dir / "logs" / f"samples_rank{rank}.jsonl").read_text().splitlines()
+    return {r["step"]: r["tokens"] for r in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def run_a(synth_shards, tmp_path_factory) -> Path:
+    """An uninterrupted run: STEPS steps, checkpoints at every CKPT_EVERY."""
+    out = tmp_path_factory.mktemp("train_a")
+    proc = subprocess.run(_command(synth_shards["mini_train"], out), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out
+
+
+def test_two_cpu_ranks_train_tiny_with_zero2(run_a: Path) -> None:
+    steps = _steps(run_a)
+    assert sorted(steps) == list(range(1, STEPS + 1))
+    loss = [steps[s]["loss"] for s in range(1, STEPS + 1)]
+    cls = [steps[s]["loss/bev.cls"] + steps[s]["loss/pers.cls"] for s in range(1, STEPS + 1)]
+    # the loss falls: the classification terms steadily, the total (box terms vary per sample) on average
+    assert cls[-1] < 0.85 * cls[0], cls
+    assert sum(loss[-2:]) / 2 < loss[0], loss
+    rec = steps[STEPS]
+    for key in ("loss/bev.box", "loss/pers.depth", "lr/backbone.decay", "lr/head.decay", "grad_norm",
+                "samples_per_s", "data_wait_s", "compute_s", "data_wait_frac"):
+        assert key in rec, key
+    assert rec["lr/backbone.decay"] == pytest.approx(0.5 * rec["lr/head.decay"])
+    assert 0.0 <= rec["data_wait_frac"] <= 1.0 and rec["samples"] == 2 * STEPS
+    assert list((run_a / "tb").glob("events.out.tfevents.*"))
+
+    # both ranks consumed disjoint data (all steps lie in the first epoch: 24 batches per rank)
+    r0, r1 = _samples(run_a, 0), _samples(run_a, 1)
+    t0 = [t for s in sorted(r0) for t in r0[s]]
+    t1 = [t for s in sorted(r1) for t in r1[s]]
+    assert len(t0) == len(t1) == STEPS
+    assert len(set(t0)) == STEPS and not set(t0) & set(t1)
+
+    # checkpoints: complete, atomic (no temp dirs left), eval weights + config
+    ckpt = run_a / "checkpoints" / f"step_{STEPS:08d}"
+    assert (ckpt / "complete").is_file() and (run_a / "checkpoints" / f"step_{CKPT_EVERY:08d}" / "complete").is_file()
+    assert not list((run_a / "checkpoints").glob(".tmp-*"))
+    assert sorted(p.name for p in (ckpt / "loader").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+    weights = torch.load(ckpt / "weights_fp32.pt", weights_only=True)
+    from bev_model import build_model
+    from train.config import build_train_config
+
+    cfg = build_train_config(yaml.safe_load((ckpt / "config.yaml").read_text()))
+    assert cfg.model_config().encoder.bev_h == 25 and cfg.schedule.total_steps == STEPS
+    torch.manual_seed(cfg.seed)  # the trainer's initial weights
+    model = build_model(cfg.model_config())
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    assert set(weights) == set(expected)
+    assert all(weights[k].shape == expected[k].shape for k in expected)
+    assert all(v.dtype == torch.float32 for k, v in weights.items() if expected[k].is_floating_point())
+    model.load_state_dict(weights)
+    moved = {k for k, v in expected.items() if k.endswith(".weight") and not torch.equal(v, weights[k])}
+    assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("head.") for k in moved)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and not set(frozen) & moved
+
+
+def test_sigkill_after_checkpoint_resumes_at_step_and_data_position(run_a: Path, synth_shards, tmp_path) -> None:
+    out = tmp_path / "train_b"
+    cmd = _command(synth_shards["mini_train"], out)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    marker = out / "checkpoints" / f"step_{CKPT_EVERY:08d}" / "complete"
+    deadline = time.monotonic() + 400
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, f"run exited early: {proc.stderr.read()[-4000:]}"
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, like a node crash
+        proc.wait()
+    assert not (out / "checkpoints" / f"step_{STEPS:08d}").exists()
+
+    res = subprocess.run([*cmd, "--resume", "auto"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["step"] == STEPS and summary["resumed_from"].endswith(f"step_{CKPT_EVERY:08d}")
+    resumes = [r for r in _records(out) if r.get("event") == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] == CKPT_EVERY
+
+    # same steps, same LR, same data position as the uninterrupted run
+    a, b = _steps(run_a), _steps(out)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for s in range(CKPT_EVERY + 1, STEPS + 1):
+        assert b[s]["lr/head.decay"] == pytest.approx(a[s]["lr/head.decay"], rel=1e-9)
+        assert b[s]["samples"] == a[s]["samples"]
+    for rank in (0, 1):
+        assert _samples(out, rank) == _samples(run_a, rank)
+    # the run up to the checkpoint is reproducible, so the resumed run continues from the same weights
+    wa = torch.load(run_a / "checkpoints" / f"step_{CKPT_EVERY:08d}" / "weights_fp32.pt", weights_only=True)
+    wb = torch.load(out / "checkpoints" / f"step_{CKPT_EVERY:08d}" / "weights_fp32.pt", weights_only=True)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    assert (out / "checkpoints" / f"step_{STEPS:08d}" / "complete").is_file()
