@@ -138,6 +138,9 @@ def main() -> None:
               f"{r['infer']:>11.2f}{r['score']:>9.2f}{r['nds']:>9.4f}")
     ratio = rows["http"]["sps"] / rows["local"]["sps"]
     print(f"\nHTTP (loopback) / local samples/s: {ratio:.3f}  (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")
+    data = {k: r["n"] / (r["total"] - r["infer"]) for k, r in rows.items()}
+    print(f"without inference (sidecars + data wait + scoring): local {data['local']:.2f} samples/s, "
+          f"http {data['http']:.2f} samples/s, ratio {data['http'] / data['local']:.3f}")
     for name, r in rows.items():
         print(f"{name}: scoring {r['score']:.2f} s vs inference {r['infer']:.2f} s "
               f"(scoring = {r['score'] / max(r['infer'], 1e-9):.3f} x inference; "

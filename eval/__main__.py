@@ -164,6 +164,12 @@ def read_predictions(args: argparse.Namespace, expected: list[str]) -> tuple[dic
                                  f"no shard of --shards, e.g. {', '.join(unknown[:3])}")
     present = [t for t in expected if t in results]
     sub = {"meta": sub["meta"], "results": {t: results[t] for t in present}}
+    if len(present) < len(expected) and not args.allow_partial:
+        try:
+            validate_submission(sub, expected)
+        except SubmissionError as e:
+            raise EvalInputError(f"invalid submission {args.predictions}: {e} "
+                                 "(--allow-partial scores the samples it has)") from e
     return sub, present
 
 
@@ -222,7 +228,10 @@ def run(args: argparse.Namespace, predictor: Predictor | None = None) -> int:
     complete = len(scored) == len(expected)
     if not complete:
         why = f" ({_last_line(stream.error)})" if stream is not None and stream.error else ""
-        print(f"INCOMPLETE: scored {len(scored)} of {len(expected)} samples{why}", file=sys.stderr, flush=True)
+        done = set(scored)
+        missing = [gt.samples[t].key for t in expected if t not in done]
+        print(f"INCOMPLETE: scored {len(scored)} of {len(expected)} samples{why}; not scored: "
+              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr, flush=True)
         if not args.allow_partial:
             print("no metrics written; rerun, or pass --allow-partial to score the samples read", file=sys.stderr)
             return EXIT_PARTIAL

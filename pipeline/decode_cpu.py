@@ -52,12 +52,12 @@ def draft_factor(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
     return r
 
 
-def rgb_view(im: Image.Image) -> np.ndarray:
-    """``[H, W, 3]`` uint8 view of a decoded RGB PIL image without packing its pixels.
+def rgbx_view(im: Image.Image) -> np.ndarray | None:
+    """``[H, W, 4]`` uint8 view (RGBX) of a decoded RGB PIL image's own pixel memory, or None.
 
     Pillow keeps RGB as 4 bytes per pixel; ``np.asarray(im)`` packs them through ``tobytes``
     (about as slow as the JPEG decode itself at 1600x900). Pillow's Arrow export shares the
-    pixel memory instead; we take a strided view of it (falls back to ``np.asarray``).
+    pixel memory instead.
     """
     try:
         import pyarrow as pa
@@ -65,9 +65,40 @@ def rgb_view(im: Image.Image) -> np.ndarray:
         arr = pa.array(im)  # fixed_size_list<uint8>[4] per pixel, zero-copy
         data = arr.values.buffers()[1]
         w, h = im.size
-        return np.frombuffer(data, np.uint8, count=w * h * 4).reshape(h, w, 4)[..., :3]
+        return np.frombuffer(data, np.uint8, count=w * h * 4).reshape(h, w, 4)
     except Exception:  # noqa: BLE001 - older Pillow or a multi-block image
-        return np.asarray(im)
+        return None
+
+
+def pack_rgb(rgbx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``[h, w, 4]`` RGBX (rows may be strided) -> packed ``[h, w, 3]`` RGB (into ``out``).
+
+    OpenCV's SIMD channel drop is ~25x faster than numpy's strided copy here.
+    """
+    if out is None:
+        out = np.empty(rgbx.shape[:2] + (3,), np.uint8)
+    try:
+        import cv2
+
+        cv2.cvtColor(rgbx, cv2.COLOR_RGBA2RGB, dst=out)
+        return out
+    except ImportError:  # pragma: no cover
+        out[...] = rgbx[..., :3]
+        return out
+
+
+def _to_rgb(im: Image.Image, box: tuple[int, int, int, int] | None, out: np.ndarray | None) -> np.ndarray:
+    x = rgbx_view(im)
+    if x is None:
+        a = np.asarray(im)
+        a = a[box[1]:box[3], box[0]:box[2]] if box else a
+        if out is None:
+            return a
+        out[...] = a
+        return out
+    if box:
+        x = x[box[1]:box[3], box[0]:box[2]]
+    return pack_rgb(x, out)
 
 
 class CpuDecoder:
@@ -111,14 +142,11 @@ class CpuDecoder:
         box = (x0 / r, y0 / r, x1 / r, y1 / r)
         if all(float(v).is_integer() for v in box) and (box[2] - box[0], box[3] - box[1]) == (w, h):
             bx = tuple(int(v) for v in box)
-            arr = rgb_view(im)[bx[1]:bx[3], bx[0]:bx[2]]  # pure crop: a view, no resampling
+            arr = _to_rgb(im, bx, out)  # pure crop: no resampling
         else:
-            arr = rgb_view(im.resize((w, h), Image.BILINEAR, box=box, reducing_gap=None))
+            arr = _to_rgb(im.resize((w, h), Image.BILINEAR, box=box, reducing_gap=None), None, out)
         if arr.shape != (h, w, 3):  # pragma: no cover - defensive
             raise DecodeError(f"decoded shape {arr.shape}, expected {(h, w, 3)}")
-        if out is not None:
-            out[...] = arr
-            return out
         return arr
 
     def decode_many(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[np.ndarray | Exception]:

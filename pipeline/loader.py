@@ -45,6 +45,12 @@ log = logging.getLogger("pipeline")
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def resolve_rank(cfg: LoaderConfig) -> tuple[int, int]:

@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--resize", type=_size, default=None, help="WxH: re-encode images at this size")
     b.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality with --resize")
     b.add_argument("--lidar", action="store_true", help="add {key}.lidar.npy (float32 N x 4, ego frame)")
-    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--workers", type=int, default=1, help="shards written in parallel (threads)")
+    b.add_argument("--processes", action="store_true", help="use worker processes instead of threads")
     b.add_argument("--overwrite", action="store_true")
     b.add_argument("--skip-missing", action="store_true", help="skip samples whose files are missing")
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             m = build_shards(args.dataroot, args.version, args.split, args.out, clip_frames=args.clip_frames,
                              max_shard_mb=args.max_shard_mb, resize=args.resize, jpeg_quality=args.jpeg_quality,
                              lidar=args.lidar, workers=args.workers, overwrite=args.overwrite,
-                             skip_missing=args.skip_missing)
+                             skip_missing=args.skip_missing, processes=args.processes)
             print(f"wrote {m['num_shards']} shards, {m['num_samples']} samples, {m['num_clips']} clips "
                   f"({m['bytes'] / 1e6:.1f} MB) to {args.out}"
                   + (f"; skipped {len(m['skipped'])} samples with missing files" if m["skipped"] else ""))

@@ -556,11 +556,13 @@ def _prepare_out(out: Path, state: dict, split: str, overwrite: bool) -> None:
 def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str, *, clip_frames: int = 8,
                  max_shard_mb: float = 256.0, resize: tuple[int, int] | None = None, jpeg_quality: int = 90,
                  lidar: bool = False, workers: int = 1, overwrite: bool = False, skip_missing: bool = False,
-                 progress: bool = True, timings: dict[str, float] | None = None) -> dict:
+                 progress: bool = True, processes: bool = False, timings: dict[str, float] | None = None) -> dict:
     """Build the shards of ``split`` from a nuScenes ``dataroot`` into ``out``; return the manifest.
 
     Output: ``{split}-{i:06d}.tar/.arrow/.idx`` and ``manifest.json`` (DESIGN.md, Shards).
-    ``timings``, when given, receives the seconds spent loading + planning (``plan_s``) and
+    ``workers`` shards are written at once, by threads (file I/O, sha256, JPEG decode / resize /
+    encode and Arrow all release the GIL) or, with ``processes=True``, by spawned processes
+    (each pays an interpreter start-up). The bytes do not depend on either. ``timings``, when given, receives the seconds spent loading + planning (``plan_s``) and
     writing (``write_s``).
     """
     t_start = time.perf_counter()
@@ -596,7 +598,9 @@ def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str
             entries[sh.name] = write_shard(out, sh, settings)
             bar.update(len(sh.samples))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+        n = min(workers, len(todo))
+        with (ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) if processes
+              else ThreadPoolExecutor(max_workers=n)) as pool:
             futures = {pool.submit(write_shard, out, sh, settings): sh for sh in todo}
             for fut in as_completed(futures):
                 sh = futures[fut]

@@ -42,10 +42,10 @@ def _sha256(path: Path) -> str:
 
 
 def _tar_entries(path: Path, problems: list[Problem], shard: str):
-    """``[(name, data_offset, size, bytes)]`` of a tar's regular files; damage is reported, not raised."""
+    """Yield ``(name, data_offset, size, bytes)`` of a tar's regular files; damage is reported, not raised."""
     import tarfile
 
-    out = []
+    last = ""
     try:
         with tarfile.open(path, mode="r:") as tf:
             for ti in tf:
@@ -56,12 +56,11 @@ def _tar_entries(path: Path, problems: list[Problem], shard: str):
                 if len(data) != ti.size:
                     key = ti.name.split(".", 1)[0]
                     problems.append(Problem(shard, key, f"member {ti.name} truncated ({len(data)} of {ti.size} bytes)"))
-                    break
-                out.append((ti.name, ti.offset_data, ti.size, data))
+                    return
+                last = ti.name.split(".", 1)[0]
+                yield ti.name, ti.offset_data, ti.size, data
     except (tarfile.TarError, EOFError, OSError) as e:
-        last = out[-1][0].split(".", 1)[0] if out else ""
         problems.append(Problem(shard, last, f"tar damaged after this sample: {e}" if last else f"tar damaged: {e}"))
-    return out
 
 
 def _check_index(path: Path, samples: list[tuple[str, list]], problems: list[Problem], shard: str) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from eval.__main__ import main
 from eval.gt import load_ground_truth
-from eval.inference import eval_loader_config, stream_predictions
+from eval.inference import ModelPredictor, eval_loader_config, load_model, stream_predictions
 from eval.metrics import compare_summaries, evaluate
 from eval.submission import load_submission, make_submission, validate_submission
 from shards.conventions import transform_boxes
@@ -159,11 +159,23 @@ def test_invalid_submission_file_is_a_clear_error(val_dir, val_gt, local_run, tm
     assert code == 2
     assert f"sample {tok} box 0: detection_name 'cyclist'" in capsys.readouterr().err
 
-    del sub["results"][tok]
+    sub["results"][tok][0]["detection_name"] = "car"
+    sub["results"][tok] = sub["results"][tok] * (500 // len(sub["results"][tok]) + 1)
     path.write_text(json.dumps(sub))
     code = main(["--shards", str(val_dir), "--predictions", str(path), "--out", str(tmp_path / "o"), "--no-progress"])
-    assert code == 1  # a submission without every sample is partial
-    assert f"scored {len(val_gt.order) - 1} of {len(val_gt.order)} samples" in capsys.readouterr().err
+    assert code == 2
+    assert f"sample {tok}: {len(sub['results'][tok])} boxes, at most 500" in capsys.readouterr().err
+
+    del sub["results"][tok]
+    path.write_text(json.dumps(sub))
+    args = ["--shards", str(val_dir), "--predictions", str(path), "--out", str(tmp_path / "o"), "--no-progress",
+            "--no-curves", "--pictures", "0"]
+    assert main(args) == 2
+    assert f"lacks 1 of {len(val_gt.order)} sample tokens, e.g. {tok}" in capsys.readouterr().err
+    assert main(args + ["--allow-partial"]) == 0  # scores the others, marked partial
+    captured = capsys.readouterr()
+    assert f"PARTIAL RESULT: {len(val_gt.order) - 1} of {len(val_gt.order)}" in captured.out
+    assert val_gt.samples[tok].key in captured.err
 
 
 def test_predictions_file_scores_with_devkit_cross_check_and_pictures(
@@ -207,10 +219,17 @@ def test_tiny_model_checkpoint_end_to_end_local_and_flaky_http(val_dir, tiny_che
               "--num-workers", "0", "--retry-backoff", "0.01"]
     code = main(["--shards", str(val_dir), "--out", str(tmp_path / "local"), "--pictures", "1"] + common)
     assert code == 0, capsys.readouterr().err
+    # the same weights through the eval library (load_model + ModelPredictor) over a flaky server
+    model, _ = load_model(tiny_checkpoint)
+    predictor = ModelPredictor(model)
     with http_server(val_dir, reset_after_bytes=RESET_AFTER) as url:
         code = main(["--shards", f"{url}/mini_val-{{000000..000001}}.tar", "--out", str(tmp_path / "http"),
-                     "--pictures", "0"] + common)
+                     "--pictures", "0", "--config", str(tiny_checkpoint / "config.yaml")] + common,
+                    predictor=predictor)
     assert code == 0, capsys.readouterr().err
+    first = load_ground_truth(sorted(val_dir.glob("*.arrow")))
+    scene = first.samples[first.order[0]].scene_token
+    assert len(predictor.history) == 1 and predictor.history.past(scene, 1) is not None  # frames fed the history
     local = load_submission(tmp_path / "local" / "results.json")
     remote = load_submission(tmp_path / "http" / "results.json")
     validate_submission(local)

@@ -206,6 +206,9 @@ def test_parallel_build_gives_the_same_bytes(synth_dataroot, synth_shards, tmp_p
     root, version = synth_dataroot
     m = build_shards(root, version, "mini_train", tmp_path / "p", clip_frames=3, max_shard_mb=0.4, workers=2,
                      progress=False)
+    mp = build_shards(root, version, "mini_train", tmp_path / "q", clip_frames=3, max_shard_mb=0.4, workers=2,
+                      processes=True, progress=False)
+    assert mp == m
     ref = read_manifest(synth_shards["mini_train"])
     assert [e["sha256"] for e in m["shards"]] == [e["sha256"] for e in ref["shards"]]
     assert [e["sidecar_sha256"] for e in m["shards"]] == [e["sidecar_sha256"] for e in ref["shards"]]

@@ -32,13 +32,27 @@ def _command(shards: Path, out_dir: Path, *extra: str) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "train", "--config", "configs/tiny.yaml",
         f"data.shards={shards}", f"out_dir={out_dir}", f"schedule.total_steps={STEPS}", "schedule.warmup_steps=2",
-        "optim.lr=1e-3", "deepspeed.zero_stage=2", f"checkpoint.every_steps={CKPT_EVERY}", "checkpoint.keep_last=0",
+        "optim.lr=1e-3", "deepspeed.zero_stage=2", "ema.enabled=true", f"checkpoint.every_steps={CKPT_EVERY}", "checkpoint.keep_last=0",
         "logging.log_samples=true", "logging.progress=false", *SMALL, *extra,
     ]
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (torchrun's workers run in their own sessions)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
 
 
 def _records(out_dir: Path) -> list[dict]:
@@ -109,22 +123,27 @@ def test_two_cpu_ranks_train_tiny_with_zero2(run_a: Path) -> None:
     assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("head.") for k in moved)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and not set(frozen) & moved
+    ema = torch.load(ckpt / "weights_ema_fp32.pt", weights_only=True)  # EMA lags the weights
+    assert set(ema) == set(weights)
+    assert all(torch.equal(ema[k], weights[k]) for k in frozen)
+    assert any(not torch.allclose(ema[k], weights[k]) for k in moved)
 
 
 def test_sigkill_after_checkpoint_resumes_at_step_and_data_position(run_a: Path, synth_shards, tmp_path) -> None:
     out = tmp_path / "train_b"
     cmd = _command(synth_shards["mini_train"], out)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    log = tmp_path / "run_b.log"
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=logf, stderr=subprocess.STDOUT)
     marker = out / "checkpoints" / f"step_{CKPT_EVERY:08d}" / "complete"
     deadline = time.monotonic() + 400
     try:
         while not marker.exists():
-            assert proc.poll() is None, f"run exited early: {proc.stderr.read()[-4000:]}"
+            assert proc.poll() is None, f"run exited early: {log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, "no checkpoint written in time"
-            time.sleep(0.1)
+            time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, like a node crash
+        _kill_tree(proc.pid)  # torchrun and both ranks at once, like a node crash
         proc.wait()
     assert not (out / "checkpoints" / f"step_{STEPS:08d}").exists()
 

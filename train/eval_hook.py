@@ -1,6 +1,6 @@
 """Periodic evaluation: run the eval package's CLI on a saved checkpoint (rank 0, a subprocess).
 
-``python -m eval --shards {eval.shards} --checkpoint {ckpt} {eval.args...}``; in ``eval.args``,
+``python -m eval --shards {eval.shards} --checkpoint {ckpt} --out {ckpt}/eval {eval.args...}``; in ``eval.args``,
 ``{ckpt}``, ``{step}`` and ``{weights}`` are substituted. The metrics are read from the first JSON
 summary the run writes under the checkpoint's ``eval/`` directory or, failing that, from the last
 JSON object printed on stdout. A failing eval is reported, never fatal to training.
@@ -18,9 +18,13 @@ from .config import EvalSection
 
 
 def eval_command(cfg: EvalSection, ckpt: Path, step: int) -> list[str]:
+    """The eval CLI call; ``--out`` defaults to ``{ckpt}/eval`` (where its ``metrics_summary.json`` lands)."""
     subst = {"ckpt": str(ckpt), "step": str(step), "weights": str(ckpt / cfg.weights)}
     args = [a.format(**subst) for a in cfg.args]
-    return [sys.executable, "-m", "eval", "--shards", cfg.shards, "--checkpoint", str(ckpt), *args]
+    if "--out" not in args:
+        args = ["--out", str(ckpt / "eval"), *args]
+    target = ckpt if cfg.weights == "weights_fp32.pt" else ckpt / cfg.weights
+    return [sys.executable, "-m", "eval", "--shards", cfg.shards, "--checkpoint", str(target), *args]
 
 
 def _numbers(obj: Any) -> dict[str, float]:

@@ -156,6 +156,10 @@ def synthesize(out: Path | str, version: str = "v1.0-mini", scenes: int | None =
     return root
 
 
+def _save_jpeg(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path, quality=JPEG_QUALITY)
+
+
 def _single_threaded_blas():
     try:
         from threadpoolctl import threadpool_limits
@@ -213,13 +217,16 @@ def _synth_scene(root: Path, tables: _Tables, name: str, frames: int, image_size
                     "next": sd_tokens[ch][k + 1] if k + 1 < frames else ""}
 
         cams = sensors.render_cameras(world, t_key, image_size)
+        jpegs = []
         for cam in cams:
             ts = t0 + int(round(cam.time * 1e6))
             fname = f"samples/{cam.name}/{logfile}__{cam.name}__{ts}.jpg"
-            Image.fromarray(cam.image).save(root / fname, quality=JPEG_QUALITY)
+            jpegs.append(sensors.pool().submit(_save_jpeg, cam.image, root / fname))
             t["ego_pose"].append(_pose_record(sd_tokens[cam.name][k], ts, cam.ego2global))
             t["sample_data"].append(sd_record(cam.name, ts, fname, "jpg", image_size[0], image_size[1]))
         points, lidar_counts = sensors.lidar_sweep(world, t_key, rng)
+        for job in jpegs:
+            job.result()
         fname = f"samples/LIDAR_TOP/{logfile}__LIDAR_TOP__{ts_key}.pcd.bin"
         if lidar:
             points.tofile(root / fname)

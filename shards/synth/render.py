@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from shards.conventions import CLASSES
 
@@ -42,7 +42,7 @@ assert PALETTE.shape[0] == len(CLASSES) + 1
 SKY_HORIZON = np.array([0.80, 0.86, 0.92])
 SKY_ZENITH = np.array([0.33, 0.52, 0.84])
 FOG_DISTANCE = 140.0
-_SUN = np.array([0.35, 0.25, 0.90]) / np.linalg.norm([0.35, 0.25, 0.90])
+SUN = np.array([0.35, 0.25, 0.90]) / np.linalg.norm([0.35, 0.25, 0.90])
 
 # style indices used inside the kernels
 _CAR, _TRUCK, _BUS, _TRAILER, _CONSTR, _PED, _MOTO, _BIKE, _CONE, _BARRIER = range(10)
@@ -156,10 +156,10 @@ def _face_texture(style, axis, sign, lx, ly, lz, hl, hw, hh):
     return m
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, sky_h, sky_z, fog_dist,
                   img, ids, total):
-    """Render one camera image (rows in parallel).
+    """Render one camera image (releases the GIL: cameras render in parallel threads).
 
     Args:
         kinv: ``[3, 3]`` inverse intrinsics. rot: ``[3, 3]`` camera -> global rotation.
@@ -174,7 +174,7 @@ def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, 
     n_box = boxes.shape[0]
     row_total = np.zeros((h_img, n_box), dtype=np.int64)
     ox, oy, oz = origin[0], origin[1], origin[2]
-    for v in prange(h_img):
+    for v in range(h_img):
         depth = np.empty(w_img)
         col = np.empty((w_img, 3))
         # ground and sky
@@ -250,7 +250,7 @@ def render_camera(kinv, rot, origin, boxes, styles, tints, rects, palette, sun, 
             total[b] += row_total[v, b]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def raycast(origin, dirs, az0, boxes, max_range, t_out, id_out):
     """Cast a spinning sensor's rays against ground and boxes.
 

@@ -6,6 +6,8 @@ projection); :mod:`shards.synth.render` holds the numba loops.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,31 +55,45 @@ def box_rects(boxes: np.ndarray, global2img: np.ndarray, width: int, height: int
     return rects
 
 
-def render_cameras(world: SceneWorld, t_key: float, image_size: tuple[int, int]) -> list[CameraFrame]:
-    """Render the six cameras of the keyframe at ``t_key`` (each at its own exposure time)."""
+def render_camera(world: SceneWorld, name: str, t_key: float, image_size: tuple[int, int]) -> CameraFrame:
+    """Render camera ``name`` of the keyframe at ``t_key`` (at the camera's own exposure time)."""
     width, height = image_size
-    frames = []
-    for name, spec in rig.CAMERA_SPECS.items():
-        t = t_key + spec.offset_us * 1e-6
-        ego_pose = world.ego_pose(t)
-        boxes = world.boxes(t)
-        k = rig.intrinsics(spec, width, height)
-        global2cam = cv.ego2cam(rig.cam2ego(spec), ego_pose, np.eye(4))
-        cam2global = np.linalg.inv(global2cam)
-        dist = np.linalg.norm(boxes[:, :2] - cam2global[:2, 3], axis=1)
-        rects = box_rects(boxes, cv.ego2img(k, global2cam), width, height)
-        rects[dist > MAX_RENDER_DISTANCE] = 0
-        image = np.empty((height, width, 3), np.uint8)
-        ids = np.empty((height, width), np.int32)
-        total = np.zeros(len(boxes), np.int64)
-        render.render_camera(
-            np.linalg.inv(k), np.ascontiguousarray(cam2global[:3, :3]), np.ascontiguousarray(cam2global[:3, 3]),
-            np.ascontiguousarray(boxes[:, :7]), world.actors.style, world.actors.tint, rects, render.PALETTE,
-            render._SUN, render.SKY_HORIZON, render.SKY_ZENITH, render.FOG_DISTANCE, image, ids, total,
-        )
-        visible = np.bincount(ids[ids >= 0].ravel(), minlength=len(boxes)).astype(np.int64)
-        frames.append(CameraFrame(name, t, ego_pose, image, visible, total))
-    return frames
+    spec = rig.CAMERA_SPECS[name]
+    t = t_key + spec.offset_us * 1e-6
+    ego_pose = world.ego_pose(t)
+    boxes = world.boxes(t)
+    k = rig.intrinsics(spec, width, height)
+    global2cam = cv.ego2cam(rig.cam2ego(spec), ego_pose, np.eye(4))
+    cam2global = np.linalg.inv(global2cam)
+    dist = np.linalg.norm(boxes[:, :2] - cam2global[:2, 3], axis=1)
+    rects = box_rects(boxes, cv.ego2img(k, global2cam), width, height)
+    rects[dist > MAX_RENDER_DISTANCE] = 0
+    image = np.empty((height, width, 3), np.uint8)
+    ids = np.empty((height, width), np.int32)
+    total = np.zeros(len(boxes), np.int64)
+    render.render_camera(
+        np.linalg.inv(k), np.ascontiguousarray(cam2global[:3, :3]), np.ascontiguousarray(cam2global[:3, 3]),
+        np.ascontiguousarray(boxes[:, :7]), world.actors.style, world.actors.tint, rects, render.PALETTE,
+        render.SUN, render.SKY_HORIZON, render.SKY_ZENITH, render.FOG_DISTANCE, image, ids, total,
+    )
+    visible = np.bincount(ids[ids >= 0].ravel(), minlength=len(boxes)).astype(np.int64)
+    return CameraFrame(name, t, ego_pose, image, visible, total)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def pool() -> ThreadPoolExecutor:
+    """Threads for GIL-free work (rendering kernels, JPEG encoding): one per core, at most six."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(len(rig.CAMERA_SPECS), os.cpu_count() or 1)))
+    return _POOL
+
+
+def render_cameras(world: SceneWorld, t_key: float, image_size: tuple[int, int]) -> list[CameraFrame]:
+    """Render the six cameras of the keyframe at ``t_key`` (in camera order, in parallel threads)."""
+    return list(pool().map(lambda name: render_camera(world, name, t_key, image_size), rig.CAMERA_SPECS))
 
 
 _LIDAR_DIRS = rig.lidar_directions()
