@@ -120,9 +120,9 @@ def worker(shape: str, backend: str, dtype: str, device_name: str, repeats: int,
         out = fwd()
         return torch.autograd.grad(out, leaves, upstream)
 
-    upstream = torch.randn(problem.batch, problem.queries, problem.heads * problem.head_dim, device=device).to(
-        DTYPES[dtype]
-    )
+    upstream = torch.randn(
+        problem.batch, problem.queries, problem.heads * problem.head_dim, device=device
+    ).to(DTYPES[dtype])
     try:
         # warm-up on the full problem (numba / Triton compilation, allocator pools, first-touch pages)
         fwd_bwd()

@@ -83,7 +83,7 @@ class SpatialCrossAttention(nn.Module):
         q = (query + query_pos)[:, None].expand(B, N, Q, C)
         q = torch.gather(q, 2, idx[..., None].expand(B, N, max_len, C)).reshape(B * N, max_len, C)
         r = torch.gather(ref, 2, idx[..., None, None].expand(B, N, max_len, Z, 2)).reshape(B * N, max_len, Z, 2)
-        out = self.attn(q, r.to(q.dtype), value, spatial_shapes, level_start)  # [B * N, max_len, C]
+        out = self.attn(q, r, value, spatial_shapes, level_start)  # [B * N, max_len, C]; fp32 reference points
         out = out.view(B, N, max_len, C) * valid[..., None].to(out.dtype)
         slots = torch.zeros(B, Q, C, dtype=out.dtype, device=out.device)
         slots.scatter_add_(1, idx.reshape(B, N * max_len)[..., None].expand(B, N * max_len, C),

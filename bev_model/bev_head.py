@@ -102,8 +102,9 @@ class BEVHead(nn.Module):
         codes = self.coder.encode(boxes)
         feats = torch.cat([ref, codes[..., 3:8].clamp(-5, 5), torch.nan_to_num(codes[..., 8:10]).clamp(-20, 20) / 10,
                            proposals["cls_prob"].detach().float()], -1)
-        feats = torch.nan_to_num(feats)
-        return self.proposal_content(feats), self.proposal_pos(ref), ref
+        dtype = self.proposal_content[0].weight.dtype
+        feats = torch.nan_to_num(feats).to(dtype)
+        return self.proposal_content(feats), self.proposal_pos(ref.to(dtype)), ref
 
     def forward(self, bev: torch.Tensor, proposals: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """
@@ -119,22 +120,22 @@ class BEVHead(nn.Module):
         shapes = torch.tensor([[H, W]], dtype=torch.long, device=bev.device)
         starts = torch.zeros(1, dtype=torch.long, device=bev.device)
         pos, content = self.query_embed.weight.to(bev.dtype).split(C, -1)
-        ref = self.ref_points(pos).sigmoid()[None].expand(B, -1, -1)
+        ref = self.ref_points(pos).float().sigmoid()[None].expand(B, -1, -1)  # refinement runs in fp32
         pos, query = pos[None].expand(B, -1, -1), content[None].expand(B, -1, -1)
         if self.hybrid and proposals is not None:
             h_query, h_pos, h_ref = self.encode_proposals(proposals)
             query = torch.cat([query, h_query.to(query.dtype)], 1)
             pos = torch.cat([pos, h_pos.to(pos.dtype)], 1)
-            ref = torch.cat([ref, h_ref.to(ref.dtype)], 1)
+            ref = torch.cat([ref, h_ref], 1)
         init_ref = ref
         cls_out, code_out, attr_out = [], [], []
         for i, layer in enumerate(self.layers):
             query = layer(query, pos, ref[..., :2], value, shapes, starts)
-            delta = self.reg_branches[i](query)
+            delta = self.reg_branches[i](query).float()
             new_ref = (delta[..., :3] + inverse_sigmoid(ref)).sigmoid()
             code_out.append(torch.cat([self.coder.denormalize_xyz(new_ref), delta[..., 3:]], -1))
-            cls_out.append(self.cls_branches[i](query))
-            attr_out.append(self.attr_branches[i](query))
+            cls_out.append(self.cls_branches[i](query).float())
+            attr_out.append(self.attr_branches[i](query).float())
             ref = new_ref.detach()
         return {"cls": torch.stack(cls_out), "codes": torch.stack(code_out), "attr": torch.stack(attr_out),
                 "ref": init_ref}

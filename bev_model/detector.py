@@ -77,8 +77,9 @@ class BEVFormerV2(nn.Module):
 
     def image_features(self, imgs: torch.Tensor) -> list[torch.Tensor]:
         """``imgs [I, 3, H, W]`` in [0, 1] -> FPN maps, list of ``[I, C, H / s, W / s]`` for ``self.strides``."""
-        x = (imgs - self.mean.to(imgs.dtype)) / self.std.to(imgs.dtype)
-        return self.neck(self.backbone(x))
+        x = (imgs.float() - self.mean) / self.std
+        dtype = next(self.backbone.parameters()).dtype  # bf16/fp16 under a mixed-precision engine
+        return self.neck(self.backbone(x.to(dtype)))
 
     def frame_bev(self, imgs: torch.Tensor, ego2img: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Single-frame BEV. ``imgs [B, N, 3, H, W]``, ``ego2img [B, N, 4, 4]`` -> (``[B, C, bh, bw]``, FPN maps)."""
