@@ -112,9 +112,9 @@ class ReferenceDataset:
         img = cv2.imread(path, cv2.IMREAD_COLOR)  # full-size decode
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         h0, w0 = img.shape[:2]
-        l, t, r, b = (round(LOWER_BAND[0] * w0), round(LOWER_BAND[1] * h0), round(LOWER_BAND[2] * w0),
-                      round(LOWER_BAND[3] * h0))
-        img = img[t:b, l:r]
+        x0, y0, x1, y1 = (round(LOWER_BAND[0] * w0), round(LOWER_BAND[1] * h0), round(LOWER_BAND[2] * w0),
+                          round(LOWER_BAND[3] * h0))
+        img = img[y0:y1, x0:x1]
         h, w = self.out_hw
         if img.shape[:2] != (h, w):
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -67,7 +67,10 @@ class Backbone(nn.Module):
         if cfg.weights is not None:
             self.load_weights(Path(cfg.weights))
         if cfg.grad_checkpointing:
-            self.body.set_grad_checkpointing(True)
+            self.body.set_grad_checkpointing(True)  # stage by stage
+            for m in self.body.modules():  # and block by block inside stages that support it (ConvNeXt, ...)
+                if m is not self.body and hasattr(m, "grad_checkpointing"):
+                    m.grad_checkpointing = True
         self._freeze(cfg.frozen_stages)
 
     def load_weights(self, path: Path) -> None:

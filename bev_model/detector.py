@@ -8,7 +8,9 @@ Batch (any object with these attributes; see CONTRACTS.md): ``imgs [B, T, N, 3, 
 ``ego2img [B, T, N, 4, 4]``, ``intrinsics [B, T, N, 3, 3]``, ``bev_aug [B, 4, 4]`` (optional),
 ``cur_from_prev [B, T, 4, 4]``, ``valid_prev [B, T]``, ``ego2global [B, T, 4, 4]`` (for history),
 ``gt_boxes/gt_labels/gt_attrs`` (+ optional ``gt_num_pts``, ``gt_visibility``) lists, ``scene_token``.
-Frames are consecutive keyframes in time order; the current frame is at ``T - 1 - max(0, max(offsets))``.
+``cur_from_prev[:, t]`` maps the BEV-augmented ego frame of frame t into the augmented current frame
+(``bev_aug · inv(e2g_cur) · e2g_t · inv(bev_aug)``, as ``pipeline.batch.Batch`` documents); every frame's
+``ego2img`` carries the same ``bev_aug``. Frame/offset mapping: :meth:`BEVFormerV2.frame_indices`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .perspective_head import PerspectiveHead, PerspectiveLoss, decode_perspecti
 from .perspective_targets import Locations, build_perspective_targets, make_locations
 from .postprocess import postprocess
 from .proposals import select_proposals
-from .temporal import BEVHistory, ResNetFusion, align_bev, augmented_transform, fill_invalid
+from .temporal import BEVHistory, ResNetFusion, align_bev, fill_invalid
 
 
 @contextmanager
@@ -88,8 +90,17 @@ class BEVFormerV2(nn.Module):
         return self.encoder(feats, ego2img, (H, W)), feats
 
     def frame_indices(self, T: int) -> tuple[int, list[int | None]]:
-        """Batch with T frames -> (current index, batch index of every temporal offset or None if absent)."""
+        """Batch with T frames -> (current index, batch index of every temporal offset or None if absent).
+
+        T == len(offsets): frame t is offset t (any spacing, as the pipeline's ``data.offsets``);
+        T == 1: only the current frame (others from a history, or filled); otherwise the T frames are
+        taken as consecutive keyframes ending ``max(0, max(offsets))`` frames after the current one.
+        """
         offsets = self.cfg.temporal.offsets
+        if T == len(offsets):
+            return offsets.index(0), list(range(T))
+        if T == 1:
+            return 0, [0 if o == 0 else None for o in offsets]
         cur = max(0, T - 1 - max(0, max(offsets)))
         return cur, [cur + o if 0 <= cur + o < T else None for o in offsets]
 
@@ -115,7 +126,7 @@ class BEVFormerV2(nn.Module):
                 bevs, _ = self.frame_bev(imgs, e2i)
             bevs = bevs.view(B, len(ts), *bevs.shape[1:])
             for j, (i, t) in enumerate(zip(others, ts)):
-                tr = augmented_transform(batch.cur_from_prev[:, t].to(bev_cur.device), bev_aug)
+                tr = batch.cur_from_prev[:, t].to(bev_cur.device)  # already between BEV-augmented frames
                 other_bev[i] = align_bev(bevs[:, j].to(bev_cur.dtype), tr, self.cfg.encoder.pc_range)
                 valid[:, i] = True if valid_prev is None else valid_prev[:, t].to(bev_cur.device).bool()
         for i, o in enumerate(offsets):

@@ -177,7 +177,7 @@ def make_batch(batch_size: int = 1, frames: int = 1, image_hw: tuple[int, int] =
             e2i = ego2img(K, ego2cam)  # [N, 4, 4], no motion compensation in the synthetic rig
             imgs.append(render(boxes_t, labels, e2i, image_hw, rng))
             e2is.append(e2i @ np.linalg.inv(B))
-            cfps.append(cfp)
+            cfps.append(B @ cfp @ np.linalg.inv(B))  # between augmented frames (pipeline.batch convention)
         out["imgs"].append(np.stack(imgs))
         out["ego2img"].append(np.stack(e2is))
         out["aug"].append(B)

@@ -1,10 +1,10 @@
 """BEVFormer v2 temporal fusion: align past/future BEV maps into the current frame, stack, fuse.
 
 Frames and the BEV augmentation ``B`` (one per clip, applied to every frame's ego2img, so each
-frame's BEV map lives in that frame's *augmented* ego frame). A raw ``cur_from_prev`` (pose
-transform) becomes ``B · cur_from_prev · B⁻¹`` between augmented frames; a frame from an earlier
-call (``BEVHistory``, eval) with its own ``B_prev`` uses ``B_cur · inv(e2g_cur) · e2g_prev · B_prev⁻¹``.
-Alignment samples the previous map at ``inv(T) · p`` for every current cell centre ``p`` with
+frame's BEV map lives in that frame's *augmented* ego frame): the batch's ``cur_from_prev`` is already
+``B · inv(e2g_cur) · e2g_prev · B⁻¹`` (pipeline convention); a frame from an earlier call
+(``BEVHistory``, eval) with its own ``B_prev`` uses ``B_cur · inv(e2g_cur) · e2g_prev · B_prev⁻¹``
+(:func:`augmented_transform`). Alignment samples the previous map at ``inv(T) · p`` for every current cell centre ``p`` with
 ``grid_sample`` (bilinear, zeros outside). Invalid frames are filled from their neighbour toward the
 current frame; the stack ``[B, C * F, H, W]`` goes through a residual conv block (``ResNetFusion``).
 """
@@ -40,8 +40,10 @@ def align_bev(prev: torch.Tensor, cur_from_prev: torch.Tensor, pc_range: tuple[f
     prev_from_cur = torch.linalg.inv(cur_from_prev.float())
     q = (pts @ prev_from_cur.transpose(1, 2))[..., :2]  # [B, H*W, 2] metres in the other frame
     grid = torch.stack([(q[..., 0] - x0) / (x1 - x0) * 2 - 1, (q[..., 1] - y0) / (y1 - y0) * 2 - 1], -1)
-    grid = grid.view(B, H, W, 2).to(prev.dtype)
-    return F.grid_sample(prev, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = grid.view(B, H, W, 2)
+    # fp32 sampling: CPU grid_sample in bf16 is imprecise (and has produced NaN)
+    out = F.grid_sample(prev.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(prev.dtype)
 
 
 def augmented_transform(cur_from_prev: torch.Tensor, bev_aug_cur: torch.Tensor,

@@ -186,3 +186,31 @@ def test_boxes_drawn_on_decoded_image_cover_rendered_objects(synth_shards):
     fout = np.array([s[1] for s in scores])
     assert np.median(fin) > 0.5, fin
     assert np.median(fin - fout) > 0.3, (fin, fout)
+
+
+def _points_in_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``[P, 3+]`` points, ``[K, 9]`` boxes -> ``[K]`` counts of points inside each box."""
+    d = points[None, :, :3].double() - boxes[:, None, :3].double()
+    c, s = torch.cos(boxes[:, 6:7].double()), torch.sin(boxes[:, 6:7].double())
+    x = d[..., 0] * c + d[..., 1] * s
+    y = -d[..., 0] * s + d[..., 1] * c
+    half = boxes[:, None, 3:6].double() / 2
+    return ((x.abs() <= half[..., 0]) & (y.abs() <= half[..., 1]) & (d[..., 2].abs() <= half[..., 2])).sum(1)
+
+
+def test_lidar_points_follow_the_bev_augmentation(synth_shards_lidar):
+    cfg0, raws = _raw_batches(synth_shards_lidar, 2, batch_size=2, offsets=(0,), image_size=(32, 80),
+                              load_points=True, shuffle_buffer=2)
+    cfg = LoaderConfig(**{**cfg0.__dict__, **RANDOM_AUG, "augment": True})
+    plain_cfg = LoaderConfig(**{**cfg0.__dict__, "augment": False})
+    total = 0
+    for i, raw in enumerate(raws):
+        plain = finish_batch(raw, plain_cfg, None, torch.device("cpu"))
+        aug = finish_batch(raw, cfg, torch.Generator().manual_seed(i), torch.device("cpu"))
+        for b in range(aug.batch_size):
+            assert aug.points[b].shape == plain.points[b].shape and aug.points[b].shape[1] == 4
+            n0 = _points_in_boxes(plain.points[b], plain.gt_boxes[b])
+            n1 = _points_in_boxes(aug.points[b], aug.gt_boxes[b])
+            assert torch.equal(n0, n1)
+            total += int(n0.sum())
+    assert total > 50

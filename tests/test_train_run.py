@@ -125,7 +125,7 @@ def test_two_cpu_ranks_train_tiny_with_zero2(run_a: Path) -> None:
     assert frozen and not set(frozen) & moved
     ema = torch.load(ckpt / "weights_ema_fp32.pt", weights_only=True)  # EMA lags the weights
     assert set(ema) == set(weights)
-    assert all(torch.equal(ema[k], weights[k]) for k in frozen)
+    assert all(torch.allclose(ema[k], weights[k], rtol=1e-5, atol=1e-7) for k in frozen)
     assert any(not torch.allclose(ema[k], weights[k]) for k in moved)
 
 
