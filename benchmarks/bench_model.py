@@ -7,7 +7,8 @@ reference time / fused time (> 1: fused is faster) and reference memory / fused 
 
 Each case runs in a fresh process (``spawn``) so its peak resident memory (``ru_maxrss``) can be
 measured; "peak MB" is the rise of the peak over the process's footprint after the model was built
-and warmed up (the first step, which also JIT-compiles the numba kernels, is not timed).
+and warmed up on small images (that step JIT-compiles the numba kernels and is not measured); it
+approximates the activation memory of one training step.
 
     python benchmarks/bench_model.py [--steps 3] [--image 128 352] [--batch 1]
 """
@@ -38,7 +39,8 @@ def _run_case(offsets: tuple[int, ...], backend: str, steps: int, image_hw: tupl
     cfg.attn_backend = backend
     model = build_model(cfg).train()
     batch = make_batch(batch_size, len(offsets), image_hw, num_boxes=10, bev_aug=True, seed=0)
-    model.forward_train(batch)["loss"].backward()  # warm-up (numba JIT, allocator)
+    small = make_batch(1, len(offsets), (32, 88), num_boxes=10, bev_aug=True, seed=0)
+    model.forward_train(small)["loss"].backward()  # warm-up on small images: numba JIT without big activations
     model.zero_grad(set_to_none=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     times = []

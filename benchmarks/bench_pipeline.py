@@ -23,6 +23,7 @@ Samples/s counts windows of 6 cameras x T frames. Printed: the three rates and t
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -57,8 +58,13 @@ def prepare(work: Path, scenes: int, frames: int) -> tuple[Path, Path]:
         print(f"synthesizing {scenes} scene(s) per split x {frames} frames at 1600x900 ...", flush=True)
         synthesize(root, VERSION, scenes=scenes, frames_per_scene=frames, image_size=(1600, 900), seed=0)
         done.write_text(f"{scenes} {frames}")
+    from shards.schema import SCHEMA_VERSION
+
     out = work / "shards" / SPLIT
-    if not (out / "manifest.json").exists():
+    man = out / "manifest.json"
+    if not man.exists() or json.loads(man.read_text()).get("schema_version") != SCHEMA_VERSION:
+        if out.exists():
+            shutil.rmtree(out)
         build_shards(root, VERSION, SPLIT, out, clip_frames=frames, max_shard_mb=1.0, progress=False)
     return root, out
 

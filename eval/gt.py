@@ -8,9 +8,10 @@ database for four kinds of record (``sample``, ``sample_data``, ``ego_pose``,
 sidecars and the devkit's own functions run unchanged. The sidecars keep every annotation of a
 sample, including non-detection categories, so bicycle racks are there too.
 
-Boxes come from the sidecar's ego-frame box vectors (``gt_boxes [N, 9]``, float32) and go to
-the global frame with :func:`shards.conventions.boxes_to_nuscenes` and the keyframe's
-``ego2global``, exactly as predictions do.
+Boxes come from the sidecar's float64 global-frame annotation columns (``gt_translation``,
+``gt_size``, ``gt_rotation``, ``gt_velocity``), which hold the devkit's own values: the sidecar is
+the source of truth, and the ground truth equals ``load_gt``'s exactly, NaN velocities (undefined
+``box_velocity``, left out of mAVE by the devkit) included.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from nuscenes.eval.common.data_classes import EvalBoxes
 from nuscenes.eval.common.loaders import add_center_dist, filter_eval_boxes
 from nuscenes.eval.detection.data_classes import DetectionBox, DetectionConfig
 from nuscenes.eval.detection.utils import category_to_detection_name
-
-from shards.conventions import boxes_to_nuscenes
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 
@@ -170,22 +169,20 @@ REQUIRED_COLUMNS = (
     "timestamp",
     "frame_index",
     "ego2global",
-    "gt_boxes",
     "gt_names",
     "gt_attrs",
     "num_lidar_pts",
     "num_radar_pts",
     "ann_tokens",
-    "instance_tokens",
+    "gt_translation",
+    "gt_size",
+    "gt_rotation",
+    "gt_velocity",
 )
+"""Sidecar columns the ground truth is read from (``gt_*`` float64 global frame: shards schema version >= 2)."""
 
-GLOBAL_COLUMNS = ("gt_translation", "gt_size", "gt_rotation", "gt_velocity")
-"""Optional float64 global-frame annotation columns (devkit values: ``size`` w, l, h; ``rotation`` w, x, y, z;
-``velocity`` NaN where undefined). When a sidecar has them they are used as they are, instead of the
-float32 ego-frame ``gt_boxes`` (whose rounding, about 2e-6 m at 50 m, is the only difference left)."""
-
-VELOCITY_MAX_TIME_DIFF = 1.5
-"""``NuScenes.box_velocity``'s ``max_time_diff`` (seconds; doubled for a centred difference)."""
+_GLOBAL_FIELDS = {"translation": 3, "size": 3, "rotation": 4, "velocity": 2}
+"""The float64 global-frame columns ``gt_{name}`` and their widths."""
 
 
 def load_ground_truth(sidecars: Iterable[str | Path | bytes | pa.Table]) -> GroundTruth:
@@ -193,28 +190,25 @@ def load_ground_truth(sidecars: Iterable[str | Path | bytes | pa.Table]) -> Grou
 
     Detection boxes are built like the devkit's ``load_gt``: the category maps to a detection
     name with ``category_to_detection_name`` (others are skipped but kept as annotations, for
-    the bike-rack filter), ``num_pts = num_lidar_pts + num_radar_pts``, ``detection_score -1``.
-    ``ego_translation`` is then set by the devkit's ``add_center_dist``.
+    the bike-rack filter), ``num_pts = num_lidar_pts + num_radar_pts``, ``detection_score -1``,
+    translation / size / rotation / velocity from the sidecar's float64 ``gt_*`` columns as
+    they are. ``ego_translation`` is then set by the devkit's ``add_center_dist``.
     """
     tables = SidecarTables()
     boxes = EvalBoxes()
     order: list[str] = []
-    rows: list[tuple[dict, SampleInfo, str]] = []
     for sidecar in sidecars:
         table, name = _as_table(sidecar)
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
-            raise GroundTruthError(f"sidecar {name} lacks column(s) {missing}")
-        columns = list(REQUIRED_COLUMNS)
-        if all(c in table.column_names for c in GLOBAL_COLUMNS):
-            columns += GLOBAL_COLUMNS
-        for row in table.select(columns).to_pylist():
+            raise GroundTruthError(f"sidecar {name} lacks column(s) {missing} (shards built before schema "
+                                   "version 2 have no float64 gt_* columns: rebuild them)")
+        for row in table.select(list(REQUIRED_COLUMNS)).to_pylist():
             token = row["sample_token"]
             if token in tables.samples:
                 raise GroundTruthError(
                     f"sample {token!r} (key {row['key']!r}) appears twice: in {tables.samples[token].source} and {name}"
                 )
-            e2g = _matrix(row["ego2global"], f"{name} key {row['key']} ego2global")
             info = SampleInfo(
                 sample_token=token,
                 scene_token=row["scene_token"],
@@ -222,76 +216,27 @@ def load_ground_truth(sidecars: Iterable[str | Path | bytes | pa.Table]) -> Grou
                 key=row["key"],
                 timestamp=int(row["timestamp"]),
                 frame_index=int(row["frame_index"]),
-                ego2global=e2g,
+                ego2global=_matrix(row["ego2global"], f"{name} key {row['key']} ego2global"),
                 source=name,
             )
             tables.samples[token] = info
             order.append(token)
-            rows.append((row, info, name))
-    undefined = velocity_undefined([(info.sample_token, info.scene_token, info.timestamp, row["instance_tokens"])
-                                    for row, info, _ in rows])
-    for row, info, name in rows:
-        boxes.add_boxes(info.sample_token, _sample_boxes(row, info, tables, name, undefined[info.sample_token]))
+            boxes.add_boxes(token, _sample_boxes(row, info, tables, name))
     add_center_dist(tables, boxes)
     return GroundTruth(tables=tables, boxes=boxes, order=order)
 
 
-def velocity_undefined(samples: Iterable[tuple[str, str, int, Sequence[str]]]) -> dict[str, np.ndarray]:
-    """Where ``NuScenes.box_velocity`` is NaN, from instance tokens and sample timestamps.
-
-    The sidecar stores velocity 0 where the devkit's estimate is undefined; the devkit's GT keeps
-    NaN there (and leaves those boxes out of mAVE). The estimate is undefined when the instance
-    has no previous and no next annotation in its scene, or when the annotations it would use
-    lie more than 1.5 s apart (3 s for a centred difference). Annotations of an instance follow
-    each other in time, so previous/next are its neighbours in timestamp order.
-
-    Args:
-        samples: ``(sample_token, scene_token, timestamp_us, instance_tokens [N])`` per sample.
-    Returns:
-        sample_token -> ``[N]`` bool, True where the velocity is undefined.
-    """
-    samples = list(samples)
-    seen: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
-    for token, scene, ts, instances in samples:
-        for i, inst in enumerate(instances):
-            seen.setdefault((scene, inst), []).append((int(ts), token, i))
-    out = {token: np.zeros(len(instances), dtype=bool) for token, _, _, instances in samples}
-    for occurrences in seen.values():
-        occurrences.sort()
-        n = len(occurrences)
-        for k, (ts, token, i) in enumerate(occurrences):
-            has_prev, has_next = k > 0, k < n - 1
-            if not (has_prev or has_next):
-                out[token][i] = True
-                continue
-            first = occurrences[k - 1][0] if has_prev else ts
-            last = occurrences[k + 1][0] if has_next else ts
-            limit = VELOCITY_MAX_TIME_DIFF * (2 if has_prev and has_next else 1)
-            out[token][i] = 1e-6 * last - 1e-6 * first > limit
-    return out
-
-
-def _sample_boxes(row: dict, info: SampleInfo, tables: SidecarTables, name: str,
-                  velocity_undefined: np.ndarray) -> list[DetectionBox]:
-    vec = np.asarray(row["gt_boxes"], dtype=np.float64).reshape(-1, 9)
-    n = vec.shape[0]
-    lists = {c: row[c] for c in ("gt_names", "gt_attrs", "num_lidar_pts", "num_radar_pts", "ann_tokens",
-                                 "instance_tokens")}
-    for col, values in lists.items():
-        if len(values) != n:
-            raise GroundTruthError(f"sidecar {name} key {info.key}: {col} has {len(values)} entries for {n} boxes")
-    if "gt_translation" in row:
-        glob = {k: np.asarray(row[f"gt_{k}"], dtype=np.float64).reshape(n, -1)
-                for k in ("translation", "size", "rotation", "velocity")}
-    else:
-        vec[velocity_undefined, 7:9] = np.nan
-        glob = boxes_to_nuscenes(vec, info.ego2global)
+def _sample_boxes(row: dict, info: SampleInfo, tables: SidecarTables, name: str) -> list[DetectionBox]:
+    n = len(row["ann_tokens"])
+    for col in ("gt_names", "gt_attrs", "num_lidar_pts", "num_radar_pts", *(f"gt_{k}" for k in _GLOBAL_FIELDS)):
+        if len(row[col]) != n:
+            raise GroundTruthError(f"sidecar {name} key {info.key}: {col} has {len(row[col])} entries for {n} "
+                                   "annotations")
+    glob = {k: [tuple(float(v) for v in x) for x in row[f"gt_{k}"]] for k in _GLOBAL_FIELDS}
     out: list[DetectionBox] = []
     tables.sample_anns[info.sample_token] = list(row["ann_tokens"])
     for i in range(n):
-        translation = tuple(float(v) for v in glob["translation"][i])
-        size = tuple(float(v) for v in glob["size"][i])
-        rotation = tuple(float(v) for v in glob["rotation"][i])
+        translation, size, rotation = glob["translation"][i], glob["size"][i], glob["rotation"][i]
         category = row["gt_names"][i]
         tables.anns[row["ann_tokens"][i]] = _Annotation(
             token=row["ann_tokens"][i],
@@ -309,7 +254,7 @@ def _sample_boxes(row: dict, info: SampleInfo, tables: SidecarTables, name: str,
                 translation=translation,
                 size=size,
                 rotation=rotation,
-                velocity=tuple(float(v) for v in glob["velocity"][i]),
+                velocity=glob["velocity"][i],
                 num_pts=int(row["num_lidar_pts"][i]) + int(row["num_radar_pts"][i]),
                 detection_name=detection_name,
                 detection_score=-1.0,

@@ -70,6 +70,9 @@ def rgbx_view(im: Image.Image) -> np.ndarray | None:
         return None
 
 
+_CV2_SERIAL = False
+
+
 def pack_rgb(rgbx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``[h, w, 4]`` RGBX (rows may be strided) -> packed ``[h, w, 3]`` RGB (into ``out``).
 
@@ -80,6 +83,12 @@ def pack_rgb(rgbx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     try:
         import cv2
 
+        global _CV2_SERIAL
+        if not _CV2_SERIAL:
+            # OpenCV's thread pool does not survive fork(): a DataLoader worker forked from a
+            # process that used it would hang. Run OpenCV serially (this op is memory-bound).
+            cv2.setNumThreads(0)
+            _CV2_SERIAL = True
         cv2.cvtColor(rgbx, cv2.COLOR_RGBA2RGB, dst=out)
         return out
     except ImportError:  # pragma: no cover

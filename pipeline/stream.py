@@ -125,6 +125,7 @@ class PlanSource:
         self.io = io_options(cfg)
         self._tables: dict[int, Any] = {}
         self._clips: dict[int, list[list[Window]]] = {}
+        self._metas: dict[int, ShardMeta] = {}
 
     def table(self, s: int):
         if s not in self._tables:
@@ -145,7 +146,9 @@ class PlanSource:
         return [[Window(w.shard, w.clip, w.rows, w.valid, cycle) for w in c] for c in self._clips[s]]
 
     def meta(self, s: int) -> ShardMeta:
-        return ShardMeta.from_table(self.shards[s].sidecar_url, self.table(s))
+        if s not in self._metas:
+            self._metas[s] = ShardMeta.from_table(self.shards[s].sidecar_url, self.table(s))
+        return self._metas[s]
 
 
 class Executor:

@@ -12,7 +12,10 @@ shards and yields byte-identical output (fixed tar headers: mtime 0, uid/gid 0,
 mode 0644, USTAR).
 
 Velocities come from the devkit's ``box_velocity``; where it is undefined (NaN: an
-instance annotated in one keyframe only) the sidecar stores 0.
+instance annotated in one keyframe only, or neighbouring annotations too far apart in
+time) the ego-frame ``gt_boxes`` store 0 and the float64 global-frame ``gt_velocity``
+keeps the NaN. ``gt_translation``, ``gt_size`` and ``gt_rotation`` are the annotation
+table's values unchanged (the evaluator's exact ground truth).
 """
 
 from __future__ import annotations
@@ -240,11 +243,10 @@ def _sample_job(nusc, dataroot: Path, scene: dict, sample: dict, frame: int, set
         return None
 
     anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
+    vel = np.array([nusc.box_velocity(a["token"])[:2] for a in anns], dtype=np.float64).reshape(-1, 2)
     if anns:
-        vel = np.array([nusc.box_velocity(a["token"])[:2] for a in anns], dtype=np.float64)
-        vel = np.nan_to_num(vel, nan=0.0)
         boxes = cv.boxes_from_nuscenes([a["translation"] for a in anns], [a["size"] for a in anns],
-                                       [a["rotation"] for a in anns], vel, ego2global)
+                                       [a["rotation"] for a in anns], np.nan_to_num(vel, nan=0.0), ego2global)
     else:
         boxes = np.zeros((0, cv.BOX_DIM))
     attr_names = _attribute_names(nusc)
@@ -261,8 +263,20 @@ def _sample_job(nusc, dataroot: Path, scene: dict, sample: dict, frame: int, set
         "visibility": [_visibility_level(a.get("visibility_token", "")) for a in anns],
         "instance_tokens": [a["instance_token"] for a in anns],
         "ann_tokens": [a["token"] for a in anns],
+        "gt_translation": [_floats(a["translation"], 3, "translation", a) for a in anns],
+        "gt_size": [_floats(a["size"], 3, "size", a) for a in anns],
+        "gt_rotation": [_floats(a["rotation"], 4, "rotation", a) for a in anns],
+        "gt_velocity": vel.tolist(),  # NaN kept where box_velocity is undefined
     }
     return SampleJob(key, -1, cam_files, lidar_file, lidar2ego, row, src_size)
+
+
+def _floats(values, n: int, what: str, ann: dict) -> list[float]:
+    """An annotation field as ``n`` floats (raises :class:`BuildError` naming the annotation otherwise)."""
+    out = [float(v) for v in values]
+    if len(out) != n:
+        raise BuildError(f"sample_annotation {ann['token']} has {len(out)} {what} values, expected {n}")
+    return out
 
 
 def _attribute_names(nusc) -> dict[str, str]:

@@ -14,8 +14,9 @@ import pyarrow as pa
 
 from shards.conventions import CAMERAS
 
-SCHEMA_VERSION = 1
-"""Bumped whenever a sidecar column changes meaning or type."""
+SCHEMA_VERSION = 2
+"""Bumped whenever a sidecar column is added or changes meaning or type (2: the float64 ``gt_translation``,
+``gt_size``, ``gt_rotation``, ``gt_velocity`` columns)."""
 
 SCHEMA_VERSION_KEY = b"bevstream.schema_version"
 """Key of the schema version in the Arrow schema metadata."""
@@ -70,10 +71,22 @@ SIDECAR_SCHEMA = pa.schema(
         ("visibility", pa.list_(pa.int32())),
         ("instance_tokens", pa.list_(pa.string())),
         ("ann_tokens", pa.list_(pa.string())),
+        ("gt_translation", pa.list_(pa.list_(pa.float64(), 3))),
+        ("gt_size", pa.list_(pa.list_(pa.float64(), 3))),
+        ("gt_rotation", pa.list_(pa.list_(pa.float64(), 4))),
+        ("gt_velocity", pa.list_(pa.list_(pa.float64(), 2))),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
-"""Sidecar columns and types: the contract of DESIGN.md (one row per sample, tar order)."""
+"""Sidecar columns and types: the contract of DESIGN.md (one row per sample, tar order).
+
+Beyond DESIGN.md's table, four float64 columns hold each annotation exactly as the devkit gives it,
+in the global frame, for the evaluator: ``gt_translation`` (x, y, z of the box centre), ``gt_size``
+(nuScenes ``w, l, h``), ``gt_rotation`` (quaternion ``w, x, y, z``) and ``gt_velocity`` (``vx, vy``
+from ``NuScenes.box_velocity``, **NaN where the devkit's estimate is undefined**, e.g. an instance
+annotated in one keyframe only). The ego-frame float32 ``gt_boxes`` store velocity 0 there instead
+(training targets have no NaN); only ``gt_velocity`` tells the two cases apart.
+"""
 
 
 def sample_key(scene_name: str, frame_index: int) -> str:

@@ -127,3 +127,27 @@ def test_pipe_urls_are_refused():
         expand_shard_urls("pipe:curl -s http://example.invalid/x.tar")
     with pytest.raises(ShardURLError, match="scheme"):
         expand_shard_urls("gopher://x/y.tar")
+
+
+def test_each_frame_crosses_to_the_main_process_once(synth_shards):
+    """T=3 windows share frames: every decoded frame is sent once, and the main process's cache stays
+    small (frames are released after their clip's last window; the Loader drops the rest at epoch end)."""
+    import torch
+
+    from pipeline.stream import FrameCache
+
+    cfg = LoaderConfig(shards=str(synth_shards["mini_train"]), batch_size=2, offsets=(-2, -1, 0), num_workers=2,
+                       augment=False, **SMALL)
+    loader = build_loader(cfg)
+    cache = FrameCache(torch.device("cpu"))
+    sent, windows, peak = Counter(), 0, 0
+    for raw in loader.host_batches():
+        sent.update((raw["worker"], f) for f in raw["new_frame_ids"])
+        windows += raw["frame_ids"].shape[0]
+        imgs = cache.assemble(raw)
+        assert imgs.shape[:3] == (2, 3, 6)
+        peak = max(peak, len(cache))
+    assert max(sent.values()) == 1
+    assert sum(sent.values()) == windows  # one pass over the shards: one new frame per window
+    assert len(cache) <= 2 * 2 * 3  # at most the last batch of each worker
+    assert peak <= 2 * (cfg.shuffle_buffer + 2 * 3)

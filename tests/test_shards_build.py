@@ -39,7 +39,7 @@ def test_every_annotation_is_in_the_sidecar_with_its_ego_frame_box(nusc, synth_s
     """Independent path: the devkit's Box moved into the keyframe ego frame with pyquaternion."""
     rows = {r["sample_token"]: r for split in synth_shards.values() for r in _rows(split)}
     assert len(rows) == len(nusc.sample)
-    checked = 0
+    checked = undefined = 0
     for sample in nusc.sample:
         row = rows[sample["token"]]
         assert row["ann_tokens"] == sample["anns"]
@@ -57,6 +57,15 @@ def test_every_annotation_is_in_the_sidecar_with_its_ego_frame_box(nusc, synth_s
             assert abs(cv.wrap_angle(got[6] - box.orientation.yaw_pitch_roll[0])) < 1e-4
             v = np.nan_to_num(nusc.box_velocity(tok))
             np.testing.assert_allclose(got[7:9], (q_inv.rotation_matrix @ v)[:2], atol=2e-3)
+            # float64 global-frame columns: the devkit's values bit for bit, NaN velocity kept
+            assert row["gt_translation"][i] == ann["translation"]
+            assert row["gt_size"][i] == ann["size"]
+            assert row["gt_rotation"][i] == ann["rotation"]
+            vel = nusc.box_velocity(tok)[:2]
+            assert np.array_equal(row["gt_velocity"][i], vel, equal_nan=True)
+            if np.isnan(vel).any():
+                undefined += 1
+                assert got[7:9].tolist() == [0.0, 0.0]  # the ego-frame training box stores 0 there
             assert row["gt_names"][i] == ann["category_name"]
             assert row["gt_labels"][i] == cv.category_to_class(ann["category_name"])
             attrs = [nusc.get("attribute", a)["name"] for a in ann["attribute_tokens"]]
@@ -67,6 +76,7 @@ def test_every_annotation_is_in_the_sidecar_with_its_ego_frame_box(nusc, synth_s
             assert row["instance_tokens"][i] == ann["instance_token"]
             checked += 1
     assert checked == len(nusc.sample_annotation)
+    assert undefined > 0, "the world should have instances annotated once (undefined velocity)"
 
 
 def test_sidecar_matrices_match_the_tables(nusc, synth_shards):
@@ -128,6 +138,8 @@ def test_sidecar_has_exactly_the_design_schema(synth_shards):
         assert t.num_rows == e["samples"]
     t = open_sidecar((out / m["shards"][0]["sidecar"]).read_bytes())
     assert t.schema.field("gt_boxes").type == pa.list_(pa.list_(pa.float32(), 9))
+    for name, width in (("gt_translation", 3), ("gt_size", 3), ("gt_rotation", 4), ("gt_velocity", 2)):
+        assert t.schema.field(name).type == pa.list_(pa.list_(pa.float64(), width)), name
 
 
 def test_shards_hold_whole_clips_in_time_order(synth_shards):

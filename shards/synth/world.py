@@ -9,6 +9,14 @@ share a speed, so they never collide. Global coordinates: x, y on a flat ground
 
 Each scene draws its layout from its own generator, seeded by ``(seed, scene
 name)``, so the validation scenes are independent of the training scenes.
+
+Lateral layout (``d``, metres, + left), nuScenes-like: the ego's lane in the middle,
+kept clear (every actor's footprint at least :data:`EGO_CLEARANCE` from the ego's
+path, so no box fills a camera view from a metre or two away); to the right a lane
+of traffic going the ego's way, a bike lane, a work zone, kerb-side parking and a
+sidewalk; to the left two oncoming lanes, a work zone, parking and a sidewalk. Every
+scene places one actor of every class near the ego's path (within the devkit's class
+range of some keyframe, in the LiDAR's and radar's view), so every class is scored.
 """
 
 from __future__ import annotations
@@ -100,6 +108,32 @@ ALL_CATEGORIES: tuple[str, ...] = (
 SCENE_MARGIN = 80.0
 """Actors are laid out this far (metres of road) before the ego's start and after its end."""
 
+EGO_CLEARANCE = 3.0
+"""Metres between the ego's path (``d = 0``) and the nearest point of every actor's footprint."""
+
+TRAFFIC_LANES: tuple[tuple[float, float, float], ...] = ((-5.0, 1.0, 0.1), (5.0, -1.0, 0.05), (8.5, -1.0, 0.3))
+"""``(d, direction, p_stopped)`` of the traffic lanes (one with the ego, two oncoming)."""
+BIKE_LANE = -7.5
+WORK_ZONES = (-9.0, 11.0)
+"""``d`` of the rows of cones / barriers, right and left (between the traffic and the parking)."""
+KERBS = (-11.4, 13.4)
+"""``d`` of the kerb-side parking, right and left."""
+SIDEWALK_WALKING: tuple[tuple[float, float], ...] = ((-13.6, 1.0), (-14.4, -1.0), (15.6, -1.0), (16.4, 1.0))
+"""``(d, direction)`` of the lines of walking pedestrians."""
+SIDEWALK_STANDING = (-15.2, 17.2)
+"""``d`` of the lines of standing / sitting people and parked bicycles."""
+SHOWCASE_KERB = KERBS[1]
+"""The kerb (across the oncoming lanes) where one actor of every class is parked near the ego's path."""
+SHOWCASE_OFFSET = (-6.0, 6.0)
+"""The showcase row is centred this far (``s``, metres) from the middle of the ego's travel."""
+
+
+def lateral_extent(size_lw: np.ndarray, yaw_offset: np.ndarray) -> np.ndarray:
+    """Half width ``[N]`` of footprints ``(l, w) [N, 2]`` across the road, for headings ``yaw_offset [N]``."""
+    size_lw = np.asarray(size_lw, dtype=np.float64).reshape(-1, 2)
+    yaw = np.asarray(yaw_offset, dtype=np.float64).reshape(-1)
+    return 0.5 * (size_lw[:, 0] * np.abs(np.sin(yaw)) + size_lw[:, 1] * np.abs(np.cos(yaw)))
+
 
 def scene_rng(seed: int, scene_name: str) -> np.random.Generator:
     """A generator that depends only on ``(seed, scene_name)``."""
@@ -190,6 +224,10 @@ class _ActorList:
         self.rows: list[tuple] = []
 
     def add(self, style, category, attribute, size, d, s0, speed, yaw_offset, tint) -> None:
+        gap = abs(d) - float(lateral_extent(np.asarray(size[:2]), yaw_offset)[0])
+        if gap < EGO_CLEARANCE:
+            raise ValueError(f"{category} at d={d:.2f} m comes within {gap:.2f} m of the ego's path "
+                             f"(EGO_CLEARANCE {EGO_CLEARANCE} m): fix the lateral layout")
         self.rows.append((style, category, attribute, size, d, s0, speed, yaw_offset, tint))
 
     def build(self) -> Actors:
@@ -287,8 +325,8 @@ def make_world(seed: int, scene_name: str, duration: float) -> SceneWorld:
     def tint() -> float:
         return float(rng.uniform(0.82, 1.12))
 
-    # Traffic lanes: (d, direction); one speed per lane, vehicles spaced along it.
-    for d, direction, p_stop in ((-3.5, 1.0, 0.1), (3.5, -1.0, 0.05), (7.0, -1.0, 0.3)):
+    # Traffic lanes: one speed per lane, vehicles spaced along it.
+    for d, direction, p_stop in TRAFFIC_LANES:
         stopped = rng.random() < p_stop
         speed = 0.0 if stopped else direction * float(rng.uniform(3.0, 13.0))
         mix = {"car": 0.45, "truck": 0.18, "bus": 0.14, "motorcycle": 0.1, "trailer": 0.06,
@@ -314,48 +352,75 @@ def make_world(seed: int, scene_name: str, duration: float) -> SceneWorld:
     for s in _fill_lane(rng, *_moving_range(lo, hi, speed, duration), (25.0, 90.0), density):
         cls = "bicycle" if rng.random() < 0.65 else "motorcycle"
         cat = _category(rng, cls)
-        acts.add(CLASSES.index(cls), cat, "cycle.with_rider", _size(rng, cls, cat), -5.9, s, speed, 0.0, tint())
+        acts.add(CLASSES.index(cls), cat, "cycle.with_rider", _size(rng, cls, cat), BIKE_LANE, s, speed, 0.0,
+                 tint())
 
-    # Kerb-side parking on both sides (static), now and then a parked two-wheeler or a cart. First one
-    # of each rarer class is parked near the ego's path (a stopped bus at a stop), so every scene
-    # shows every class; then the kerbs are filled around them.
-    kerbs = (-9.2, 11.3)
-    taken: dict[float, list[tuple[float, float]]] = {d: [] for d in kerbs}
+    # Kerb-side parking on both sides (static), now and then a parked two-wheeler or a cart. First a
+    # showcase near the ego's path, on the kerb across the oncoming lanes (oncoming traffic hides it only
+    # for moments): people waiting at the kerb and one parked actor of every other class (a stopped bus
+    # at a stop), small ones nearest, so every scene shows every class within its class range. Then the
+    # kerbs are filled around them.
+    taken: dict[float, list[tuple[float, float]]] = {d: [] for d in KERBS}
 
-    def park(cls: str, d: float, s: float, gap: float) -> bool:
-        if cls == "other":
-            cat = str(rng.choice(list(OTHER_CATEGORIES)))
-            size, style, attr = OTHER_CATEGORIES[cat], OTHER, ""
-        else:
-            cat = _category(rng, cls)
-            size, style = _size(rng, cls, cat), CLASSES.index(cls)
-            attr = {"motorcycle": "cycle.without_rider", "bicycle": "cycle.without_rider",
-                    "bus": "vehicle.stopped"}.get(cls, "vehicle.parked")
-        a, b = s - size[0] / 2 - gap, s + size[0] / 2 + gap
+    def reserve(d: float, a: float, b: float) -> bool:
         if any(a < hi_ and lo_ < b for lo_, hi_ in taken[d]):
             return False
         taken[d].append((a, b))
-        yaw = 0.0 if (rng.random() < 0.7 or cls == "bus") else np.pi
+        return True
+
+    def parked(cls: str) -> tuple[int, str, str, tuple[float, float, float]]:
+        """``(style, category, attribute, size)`` of a parked actor of ``cls`` (or "other")."""
+        if cls == "other":
+            cat = str(rng.choice(list(OTHER_CATEGORIES)))
+            return OTHER, cat, "", OTHER_CATEGORIES[cat]
+        cat = _category(rng, cls)
+        attr = {"motorcycle": "cycle.without_rider", "bicycle": "cycle.without_rider",
+                "bus": "vehicle.stopped"}.get(cls, "vehicle.parked")
+        return CLASSES.index(cls), cat, attr, _size(rng, cls, cat)
+
+    def park(spec: tuple, d: float, s: float, gap: float) -> bool:
+        """Park ``spec`` (from ``parked``) centred at ``s`` if the kerb is free there."""
+        style, cat, attr, size = spec
+        if not reserve(d, s - size[0] / 2 - gap, s + size[0] / 2 + gap):
+            return False
+        yaw = 0.0 if (rng.random() < 0.7 or attr == "vehicle.stopped") else np.pi
         acts.add(style, cat, attr, size, d, s, 0.0, yaw + rng.normal(0, 0.03), tint())
         return True
 
-    for cls in ("bus", "trailer", "construction_vehicle", "truck", "motorcycle", "bicycle"):
-        for _ in range(5):
-            if park(cls, kerbs[int(rng.integers(2))], float(rng.uniform(-15.0, s_end + 25.0)), 1.0):
-                break
-    for d in kerbs:
+    # The showcase row, centred where the ego is mid-scene: people waiting at the kerb in the middle, a
+    # bicycle and a motorcycle beside them, the five vehicle classes alternately before and after.
+    d = SHOWCASE_KERB
+    mid = s_end / 2 + float(rng.uniform(*SHOWCASE_OFFSET))
+    reserve(d, mid - 2.0, mid + 2.0)
+    for offset in rng.choice([-1.2, 0.0, 1.2], size=int(rng.integers(1, 4)), replace=False):
+        cat = _category(rng, "pedestrian")
+        acts.add(CLASSES.index("pedestrian"), cat, "pedestrian.standing", _size(rng, "pedestrian", cat), d,
+                 mid + float(offset), 0.0, rng.uniform(-np.pi, np.pi), tint())
+    ends = [mid - 2.0, mid + 2.0]  # the row's free ends: before, after
+    big = ["bus", "trailer", "construction_vehicle", "truck", "car"]
+    rng.shuffle(big)
+    for j, cls in enumerate(["bicycle", "motorcycle", *big]):
+        spec = parked(cls)
+        half, gap = spec[3][0] / 2, float(rng.uniform(0.5, 3.0))
+        after = j % 2 == 0
+        centre = ends[1] + gap + half if after else ends[0] - gap - half
+        park(spec, d, centre, 0.0)
+        ends[int(after)] = centre + half if after else centre - half
+    for d in KERBS:
         for s in _fill_lane(rng, lo, hi, (15.0, 70.0), density):
-            park(_pick(rng, {"car": 0.4, "truck": 0.14, "trailer": 0.12, "construction_vehicle": 0.12,
-                             "motorcycle": 0.08, "bicycle": 0.08, "other": 0.06}), d, s, 0.5)
+            park(parked(_pick(rng, {"car": 0.4, "truck": 0.14, "trailer": 0.12, "construction_vehicle": 0.12,
+                                    "motorcycle": 0.08, "bicycle": 0.08, "other": 0.06})), d, s, 0.5)
 
     # Work zones: rows of cones or barriers between the traffic and the parking; every scene has a
-    # cone row and a barrier row close to the ego's path, and maybe one more anywhere.
-    zones = [("traffic_cone", float(rng.uniform(-25.0, s_end + 5.0))),
-             ("barrier", float(rng.uniform(-25.0, s_end + 5.0)))]
-    if rng.random() < 0.5:
-        zones.append(("traffic_cone" if rng.random() < 0.5 else "barrier", float(rng.uniform(lo, hi - 20.0))))
-    for cls, z_start in zones:
-        d = -7.3 if rng.random() < 0.6 else 9.1
+    # cone row and a barrier row close to the ego's path across the oncoming lanes, and maybe more
+    # anywhere, on either side.
+    zones = [("traffic_cone", float(rng.uniform(-25.0, s_end + 5.0)), WORK_ZONES[1]),
+             ("barrier", float(rng.uniform(-25.0, s_end + 5.0)), WORK_ZONES[1])]
+    for _ in range(2):
+        if rng.random() < 0.5:
+            zones.append(("traffic_cone" if rng.random() < 0.5 else "barrier", float(rng.uniform(lo, hi - 20.0)),
+                          WORK_ZONES[0] if rng.random() < 0.7 else WORK_ZONES[1]))
+    for cls, z_start, d in zones:
         z_len = float(rng.uniform(6.0, 15.0))
         step = float(rng.uniform(2.2, 3.2)) if cls == "traffic_cone" else float(rng.uniform(2.8, 3.4))
         for s in np.arange(z_start, z_start + z_len, step):
@@ -365,14 +430,14 @@ def make_world(seed: int, scene_name: str, duration: float) -> SceneWorld:
             acts.add(CLASSES.index(cls), cat, "", size, d, float(s), 0.0, yaw, tint())
 
     # Sidewalks: two walking lines and one line of standing or sitting people per side.
-    for d, direction in ((-11.4, 1.0), (-12.2, -1.0), (13.5, -1.0), (14.3, 1.0)):
+    for d, direction in SIDEWALK_WALKING:
         speed = direction * float(rng.uniform(0.9, 1.6))
         for s in _fill_lane(rng, *_moving_range(lo, hi, speed, duration), (18.0, 130.0), density):
             cat = _category(rng, "pedestrian")
             yaw = 0.0 if direction > 0 else np.pi
             acts.add(CLASSES.index("pedestrian"), cat, "pedestrian.moving", _size(rng, "pedestrian", cat), d, s,
                      speed, yaw + rng.normal(0, 0.05), tint())
-    for d in (-13.0, 15.1):
+    for d in SIDEWALK_STANDING:
         for s in _fill_lane(rng, lo, hi, (16.0, 100.0), density):
             what = _pick(rng, {"standing": 0.6, "sitting": 0.15, "bicycle": 0.15, "other": 0.1})
             if what == "other":
