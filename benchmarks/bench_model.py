@@ -5,8 +5,9 @@ Four cases side by side: {single frame (offsets (0,)), two frames (t2, offsets (
 The reference backend is the baseline measured in the same run; the ratio column is
 reference time / fused time (> 1: fused is faster) and reference memory / fused memory.
 
-Each case runs in a fresh process (``spawn``) so its peak resident memory (``ru_maxrss``) can be
-measured; "peak MB" is the rise of the peak over the process's footprint after the model was built
+Times: both backends in one process per frame count, steps interleaved (median per backend), so
+a busy machine slows both alike. Memory: one fresh process (``spawn``) per case, so its peak
+resident memory (``ru_maxrss``) can be measured; "peak MB" is the rise of the peak over the process's footprint after the model was built
 and warmed up on small images (that step JIT-compiles the numba kernels and is not measured); it
 approximates the activation memory of one training step.
 
@@ -26,8 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _run_case(offsets: tuple[int, ...], backend: str, steps: int, image_hw: tuple[int, int], batch_size: int,
-              out: mp.Queue) -> None:
+def _setup(offsets: tuple[int, ...], image_hw: tuple[int, int], batch_size: int):
     import torch
 
     from bev_model import build_model, get_preset
@@ -36,28 +36,59 @@ def _run_case(offsets: tuple[int, ...], backend: str, steps: int, image_hw: tupl
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     cfg.temporal.offsets = offsets
-    cfg.attn_backend = backend
     model = build_model(cfg).train()
     batch = make_batch(batch_size, len(offsets), image_hw, num_boxes=10, bev_aug=True, seed=0)
     small = make_batch(1, len(offsets), (32, 88), num_boxes=10, bev_aug=True, seed=0)
-    model.forward_train(small)["loss"].backward()  # warm-up on small images: numba JIT without big activations
+    return model, batch, small
+
+
+def _set_backend(model, backend: str) -> None:
+    from bev_model.ops import MSDeformAttn
+
+    for m in model.modules():
+        if isinstance(m, MSDeformAttn):
+            m.backend = backend
+
+
+def _step(model, batch) -> float:
+    t0 = time.perf_counter()
+    model.forward_train(batch)["loss"].backward()
     model.zero_grad(set_to_none=True)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    times = []
+    return time.perf_counter() - t0
+
+
+def _time_case(offsets, steps, image_hw, batch_size, out: mp.Queue) -> None:
+    """Both backends in one process, steps interleaved (so load changes hit both alike)."""
+    import torch
+
+    model, batch, small = _setup(offsets, image_hw, batch_size)
+    times: dict[str, list[float]] = {"cpu": [], "reference": []}
+    for b in times:  # warm-up: numba JIT on small images, then one full step
+        _set_backend(model, b)
+        _step(model, small)
+        _step(model, batch)
     for _ in range(steps):
-        t0 = time.perf_counter()
-        model.forward_train(batch)["loss"].backward()
-        times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
+        for b in times:
+            _set_backend(model, b)
+            times[b].append(_step(model, batch) / batch_size)
+    out.put({b: statistics.median(v) for b, v in times.items()} | {"threads": torch.get_num_threads()})
+
+
+def _memory_case(offsets, backend, image_hw, batch_size, out: mp.Queue) -> None:
+    """One backend per process: peak RSS rise of one full step over the warmed-up footprint."""
+    model, batch, small = _setup(offsets, image_hw, batch_size)
+    _set_backend(model, backend)
+    _step(model, small)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    _step(model, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out.put({"time": statistics.median(times) / batch_size, "peak_mb": max(peak - base, 0) / 1024 / batch_size,
-             "rss_mb": peak / 1024, "threads": torch.get_num_threads()})
+    out.put({"peak_mb": max(peak - base, 0) / 1024 / batch_size, "rss_mb": peak / 1024})
 
 
-def measure(offsets, backend, steps, image_hw, batch_size) -> dict:
+def _in_process(fn, *args) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_run_case, args=(offsets, backend, steps, image_hw, batch_size, q))
+    p = ctx.Process(target=fn, args=(*args, q))
     p.start()
     res = q.get()
     p.join()
@@ -76,15 +107,16 @@ def main() -> None:
     print(f"{'frames':<8}{'backend':<11}{'s/sample':>10}{'peak MB':>10}{'rss MB':>9}"
           f"{'time ref/fused':>16}{'mem ref/fused':>15}")
     for offsets, label in (((0,), "1 (t1)"), ((-1, 0), "2 (t2)")):
-        res = {b: measure(offsets, b, args.steps, image_hw, args.batch) for b in ("cpu", "reference")}
+        t = _in_process(_time_case, offsets, args.steps, image_hw, args.batch)
+        mem = {b: _in_process(_memory_case, offsets, b, image_hw, args.batch) for b in ("cpu", "reference")}
         for b in ("cpu", "reference"):
-            r = res[b]
-            ratio_t = res["reference"]["time"] / res["cpu"]["time"]
-            ratio_m = res["reference"]["peak_mb"] / max(res["cpu"]["peak_mb"], 1e-6)
-            extra = f"{ratio_t:>16.2f}{ratio_m:>15.2f}" if b == "cpu" else f"{'(baseline)':>16}{'':>15}"
+            if b == "cpu":
+                extra = f"{t['reference'] / t['cpu']:>16.2f}{mem['reference']['peak_mb'] / max(mem['cpu']['peak_mb'], 1e-6):>15.2f}"
+            else:
+                extra = f"{'(baseline)':>16}{'':>15}"
             name = "fused cpu" if b == "cpu" else "reference"
-            print(f"{label:<8}{name:<11}{r['time']:>10.3f}{r['peak_mb']:>10.0f}{r['rss_mb']:>9.0f}{extra}")
-    print(f"(torch threads per process: {res['cpu']['threads']})")
+            print(f"{label:<8}{name:<11}{t[b]:>10.3f}{mem[b]['peak_mb']:>10.0f}{mem[b]['rss_mb']:>9.0f}{extra}", flush=True)
+    print(f"(torch threads per process: {t['threads']}; time ratio = reference / fused, > 1: fused faster)")
 
 
 if __name__ == "__main__":

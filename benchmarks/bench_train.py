@@ -71,7 +71,7 @@ def live_tensor_bytes(engine, extra_tensors=(), params=()) -> dict[str, int]:
     import torch
 
     seen: set[int] = set()
-    out = {"params": 0, "master_fp32": 0, "optimizer_states": 0, "grads_and_buffers": 0, "batch": 0}
+    out = {"params": 0, "master_fp32": 0, "optimizer_states": 0, "grads": 0, "other": 0, "batch": 0}
 
     def add(t, cat: str) -> None:
         if t is None or not torch.is_tensor(t) or t.device.type == "meta":
@@ -97,12 +97,20 @@ def live_tensor_bytes(engine, extra_tensors=(), params=()) -> dict[str, int]:
     for t in extra_tensors:
         add(t, "batch")
     for p in params:
-        add(p.grad, "grads_and_buffers")
+        add(p.grad, "grads")
+    for g in base.param_groups:
+        for p in g["params"]:
+            add(p.grad, "grads")
+    zero = engine.optimizer
+    for buf in (getattr(zero, "averaged_gradients", None) or {}).values():  # ZeRO 1/2 gradient partitions
+        for t in buf or []:
+            add(t, "grads")
+    add(getattr(zero, "grad_partitions_flat_buffer", None), "grads")  # ZeRO-3
     gc.collect()
     for obj in gc.get_objects():
         try:
             if torch.is_tensor(obj):
-                add(obj, "grads_and_buffers")
+                add(obj, "other")
         except Exception:  # noqa: S112 - exotic objects in gc
             continue
     return out
@@ -160,7 +168,7 @@ def memory_worker(args: argparse.Namespace) -> None:
         del out
     for h in handles:
         h.remove()
-    keys = ("params", "master_fp32", "optimizer_states", "grads_and_buffers")
+    keys = ("params", "master_fp32", "optimizer_states", "grads")
     mem = max(samples, key=lambda m: sum(m[k] for k in keys))
     rec = {"rank": dist.rank, "stage": args.stage, "n_params": n_params, **mem,
            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -187,11 +195,11 @@ def run_memory(shards: Path, backbone: str | None, work: Path, stages: list[int]
     print(f"\nZeRO memory per rank, large preset, backbone {name}: {n / 1e6:.1f} M parameters, 2 CPU ranks,")
     print("fp32 weights + torch AdamW, 50x50 BEV; peak of the live tensor storage over the backward of step 2 "
           f"(sampled at {SAMPLES_IN_BACKWARD} gradient hooks, and after it), GiB, the larger of the two ranks:")
-    hdr = (f"{'stage':>5} | {'params':>7} | {'master':>7} | {'optim':>7} | {'grads+buf':>9} | "
-           f"{'total':>7} | {'B/param':>7} | {'vs st.0':>7} | {'peak RSS':>8}")
+    hdr = (f"{'stage':>5} | {'params':>7} | {'master':>7} | {'optim':>7} | {'grads':>7} | "
+           f"{'total':>7} | {'B/param':>7} | {'vs st.0':>7} | {'other':>7} | {'peak RSS':>8}")
     print(hdr)
     print("-" * len(hdr))
-    keys = ("params", "master_fp32", "optimizer_states", "grads_and_buffers")
+    keys = ("params", "master_fp32", "optimizer_states", "grads")
     base_total = None
     for stage, recs, _ in rows:
         worst = max(recs, key=lambda r: sum(r[k] for k in keys))
@@ -199,11 +207,12 @@ def run_memory(shards: Path, backbone: str | None, work: Path, stages: list[int]
         base_total = base_total or total
         rss = max(r["peak_rss"] for r in recs)
         print(f"{stage:>5} | {_gib(worst['params'])} | {_gib(worst['master_fp32'])} | "
-              f"{_gib(worst['optimizer_states'])} | {_gib(worst['grads_and_buffers']):>9} | {_gib(total)} | "
-              f"{total / n:7.2f} | {total / base_total:6.2f}x | {_gib(rss):>8}")
+              f"{_gib(worst['optimizer_states'])} | {_gib(worst['grads'])} | {_gib(total)} | "
+              f"{total / n:7.2f} | {total / base_total:6.2f}x | {_gib(worst['other'])} | {_gib(rss):>8}")
     print("(params: module weights held by the rank (ZeRO-3: its partition); master: fp32 copies the optimizer "
-          "steps (ZeRO 1-3: its partition);\n optim: Adam exp_avg/exp_avg_sq; grads+buf: every other live tensor "
-          "-- gradients, reduction buckets, the batch excluded)")
+          "steps (ZeRO 1-3: its partition);\n optim: Adam exp_avg/exp_avg_sq; grads: .grad of the module and master "
+          "tensors + DeepSpeed's gradient partitions;\n total = params + master + optim + grads; other: every other "
+          "live tensor seen by Python (reduction buckets, activations held during backward), not in the total)")
 
 
 # --------------------------------------------------------------------------------------------- throughput

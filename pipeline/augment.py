@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 import kornia
+import numpy as np
 import torch
 
 from shards import conventions
@@ -123,12 +124,21 @@ def _transform_points(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _torch(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(v)
+    if isinstance(v, list) and v and isinstance(v[0], np.ndarray):
+        return [torch.from_numpy(x) for x in v]
+    return v
+
+
 def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | None, device: torch.device,
                  imgs_u8: torch.Tensor | None = None) -> Batch:
     """Raw worker batch -> augmented :class:`Batch` on ``device``.
 
     ``imgs_u8``: ``[B, T, N, H, W, 3]`` uint8 images (on ``device`` or host); defaults to ``raw["imgs"]``.
     """
+    raw = {k: _torch(v) for k, v in raw.items()}
     k = raw["intrinsics"]  # [B, T, N, 3, 3] float64
     b, t, n = k.shape[:3]
     hw = tuple(cfg.image_size)

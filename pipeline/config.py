@@ -71,7 +71,8 @@ class LoaderConfig:
     num_workers: int = 2
     prefetch_factor: int = 2
     pin_memory: bool | None = None
-    """None: pin when ``device`` is CUDA."""
+    """Unused since frames travel in reusable shared-memory slots copied once to the device (kept for
+    config compatibility)."""
     shuffle_shards: bool = True
     shuffle_buffer: int = 32
     """Shuffle buffer size in windows (train); whole clips enter it, windows leave it whole."""

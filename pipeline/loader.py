@@ -159,7 +159,7 @@ class Loader:
     def host_batches(self) -> Iterator[dict[str, Any]]:
         """One epoch of raw host batches, as the workers produce them: the frames used for the
         first time (``new_frames [F, N, H, W, 3]`` uint8, or their JPEG bytes for GPU decode),
-        ``frame_ids [B, T]``, releases, and float64 metadata; pinned when the device is CUDA.
+        ``frame_ids [B, T]``, releases, and float64 metadata (numpy).
         Each decoded frame crosses to the main process (and to the GPU) once, however many
         windows use it; :meth:`__iter__` assembles ``[B, T, N, ...]`` on the device
         (:class:`pipeline.stream.FrameCache`) and augments."""
@@ -170,8 +170,9 @@ class Loader:
         kw: dict[str, Any] = {}
         if cfg.num_workers > 0:
             kw = {"prefetch_factor": cfg.prefetch_factor, "worker_init_fn": _worker_init}
-        dl = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,
-                        pin_memory=self.pin and self.device.type == "cuda", **kw)
+        # no DataLoader pinning: it would copy the workers' shared frame slots (FrameCache copies
+        # each frame from shared memory to the device once instead)
+        dl = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=False, **kw)
         for raw in dl:
             prog = raw.pop("progress")
             self._progress[prog["worker"]] = (prog["consumed"], prog["delivered"])

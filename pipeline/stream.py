@@ -50,6 +50,7 @@ class Frame:
     imgs: Any
     points: np.ndarray | None = None
     fid: int = -1
+    slot: int = -1
 
 
 @dataclass
@@ -61,10 +62,50 @@ class FrameLedger:
     next_id: int = 0
     sent: set[int] = field(default_factory=set)
     released: list[int] = field(default_factory=list)
+    slot_of: dict[int, int] = field(default_factory=dict)
+    pool: SlotPool | None = None
 
     def new_id(self) -> int:
         self.next_id += 1
         return self.next_id - 1
+
+
+class SlotPool:
+    """Reusable shared-memory frame buffers of one worker (no new segment, no page faults per frame).
+
+    Slot buffers are allocated on first use (so shared memory holds only the peak number of live
+    frames) and sent to the main process once; later only the slot number travels. ``flags`` (one
+    shared int8 per slot, sent once) is 1 while a slot is in use; the main process sets it to 0
+    when it drops the frame, the worker when it drops a frame it never sent. When all
+    ``max_slots`` are busy a one-off buffer is used (slot -1), so the pool can never deadlock.
+    """
+
+    def __init__(self, frame_shape: tuple[int, ...], max_slots: int = 512):
+        self.frame_shape = frame_shape
+        self.flags = torch.zeros(max_slots, dtype=torch.int8)
+        if get_worker_info() is not None:
+            self.flags.share_memory_()
+        self._flags = self.flags.numpy()
+        self.buffers: list[torch.Tensor] = []
+        self.flags_sent = False
+        self.buffers_sent = 0
+
+    def alloc(self) -> tuple[int, torch.Tensor]:
+        n = len(self.buffers)
+        free = np.flatnonzero(self._flags[:n] == 0)
+        if len(free):
+            i = int(free[0])
+        elif n < len(self._flags):
+            i = n
+            self.buffers.append(_shared_uint8(self.frame_shape))
+        else:
+            return -1, _shared_uint8(self.frame_shape)
+        self._flags[i] = 1
+        return i, self.buffers[i]
+
+    def free(self, slot: int) -> None:
+        if slot >= 0:
+            self._flags[slot] = 0
 
 
 @dataclass
@@ -256,7 +297,9 @@ class Executor:
                 return None
             self.errors.ok()
             return Frame(datas, points, self.ledger.new_id())
-        buf = _shared_uint8((len(CAMERAS),) + tuple(self.decoder.out_hw) + (3,))  # [C, H, W, 3]
+        if self.ledger.pool is None:
+            self.ledger.pool = SlotPool((len(CAMERAS),) + tuple(self.decoder.out_hw) + (3,))
+        slot, buf = self.ledger.pool.alloc()  # [C, H, W, 3] uint8 in shared memory
         view = buf.numpy()
         if isinstance(self.decoder, CpuDecoder):
             outs: list = []
@@ -270,12 +313,15 @@ class Executor:
             outs = self.decoder.decode_many(datas, whs)
         for c, o in enumerate(outs):
             if isinstance(o, Exception):
+                self.ledger.pool.free(slot)
                 self.errors.bad(f"{url}: sample {key!r} camera {CAMERAS[c]} ({CAMERA_EXTS[c]}): {o}")
                 return None
             if o is not view[c]:
                 view[c] = o
         self.errors.ok()
-        return Frame(buf, points, self.ledger.new_id())
+        fid = self.ledger.new_id()
+        self.ledger.slot_of[fid] = slot
+        return Frame(buf, points, fid, slot)
 
     def _ensure(self, s: int, rows: tuple[int, ...]) -> None:
         while any((s, r) not in self.cache for r in rows):
@@ -326,7 +372,8 @@ def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
 
 def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int, ShardMeta],
             cfg: LoaderConfig, decode_in_worker: bool, ledger: FrameLedger) -> dict[str, Any]:
-    """Raw batch (numpy / torch CPU tensors).
+    """Raw batch: metadata as numpy arrays (pickled inline: no shared-memory segment per small
+    array), images as shared-memory uint8 tensors.
 
     Images travel deduplicated: ``new_frames [F, C, H, W, 3]`` uint8 holds the frames this
     batch uses for the first time (ids ``new_frame_ids``), ``frame_ids [B, T]`` names the frame
@@ -343,15 +390,15 @@ def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int
     for idx in np.ndindex(*cam_size.shape[:3]):
         a_dec[idx] = decode_matrix(int(cam_size[idx][0]), int(cam_size[idx][1]), cfg.crop_box, cfg.image_size)
     out: dict[str, Any] = {
-        "intrinsics": torch.from_numpy(gather("intrinsics")),
-        "cam2ego": torch.from_numpy(gather("cam2ego")),
-        "cam_ego2global": torch.from_numpy(gather("cam_ego2global")),
-        "ego2global": torch.from_numpy(gather("ego2global")),
-        "decode_aug": torch.from_numpy(a_dec),
-        "valid_prev": torch.tensor([v for _, _, v in items], dtype=torch.bool),
+        "intrinsics": gather("intrinsics"),
+        "cam2ego": gather("cam2ego"),
+        "cam_ego2global": gather("cam_ego2global"),
+        "ego2global": gather("ego2global"),
+        "decode_aug": a_dec,
+        "valid_prev": np.array([v for _, _, v in items], dtype=bool),
     }
     # frames: each crosses once; the batch refers to them by id
-    fids = torch.tensor([[f.fid for f in frames] for _, frames, _ in items], dtype=torch.int64)
+    fids = np.array([[f.fid for f in frames] for _, frames, _ in items], dtype=np.int64)
     new: list[Frame] = []
     for _, frames, _ in items:
         for f in frames:
@@ -361,12 +408,25 @@ def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int
     out["frame_ids"] = fids
     out["new_frame_ids"] = [f.fid for f in new]
     if decode_in_worker:
-        out["new_frames"] = [f.imgs for f in new]  # each [C, H, W, 3] uint8, already in shared memory
+        pool = ledger.pool
+        if pool is not None and not pool.flags_sent:
+            out["slot_flags"] = pool.flags
+            pool.flags_sent = True
+        # slot >= 0: the frame is in pool slot `slot` (its buffer sent once); else the tensor itself
+        out["new_slots"] = [f.slot for f in new]
+        out["new_frames"] = [None if f.slot >= 0 else f.imgs for f in new]
+        if pool is not None and pool.buffers_sent < len(pool.buffers):
+            out["slot_buffers"] = {i: pool.buffers[i] for i in range(pool.buffers_sent, len(pool.buffers))}
+            pool.buffers_sent = len(pool.buffers)
     else:
         out["new_jpegs"] = [f.imgs for f in new]
         out["src_wh"] = {f.fid: cam_size[b, t] for b, (_, frames, _) in enumerate(items) for t, f in enumerate(frames)}
         out["src_wh"] = [out["src_wh"][f.fid] for f in new]
     released = [i for i in ledger.released if i in ledger.sent]
+    for i in ledger.released:  # frames never sent: the worker frees their slots itself
+        slot = ledger.slot_of.pop(i, -1)
+        if i not in ledger.sent and ledger.pool is not None:
+            ledger.pool.free(slot)
     ledger.sent.difference_update(released)
     ledger.released = []
     out["release"] = released
@@ -376,18 +436,18 @@ def collate(items: list[tuple[Window, list[Frame], list[bool]]], metas: dict[int
         cur = rows[-1]
         sl = m.rows_boxes(cur)
         keep = np.ones(sl.stop - sl.start, bool) if cfg.keep_ignored_labels else m.labels[sl] >= 0
-        boxes.append(torch.from_numpy(np.ascontiguousarray(m.boxes[sl][keep], dtype=np.float32)))
-        labels.append(torch.from_numpy(m.labels[sl][keep].astype(np.int64)))
-        attrs.append(torch.from_numpy(m.attrs[sl][keep].astype(np.int64)))
-        npts.append(torch.from_numpy(m.num_pts[sl][keep].astype(np.int64)))
-        vis.append(torch.from_numpy(m.visibility[sl][keep].astype(np.int64)))
+        boxes.append(np.ascontiguousarray(m.boxes[sl][keep], dtype=np.float32))
+        labels.append(m.labels[sl][keep].astype(np.int64))
+        attrs.append(m.attrs[sl][keep].astype(np.int64))
+        npts.append(m.num_pts[sl][keep].astype(np.int64))
+        vis.append(m.visibility[sl][keep].astype(np.int64))
         tokens.append(m.sample_token[cur])
         scenes.append(m.scene_token[cur])
         stamps.append(int(m.timestamp[cur]))
         if cfg.load_points:
-            points.append(torch.from_numpy(frames[-1].points))
+            points.append(frames[-1].points)
     out.update(gt_boxes=boxes, gt_labels=labels, gt_attrs=attrs, gt_num_pts=npts, gt_visibility=vis,
-               sample_token=tokens, scene_token=scenes, timestamp=torch.tensor(stamps, dtype=torch.int64),
+               sample_token=tokens, scene_token=scenes, timestamp=np.array(stamps, dtype=np.int64),
                keys=[m.keys[rows[-1]] for m, rows in rows_meta],
                points=points if cfg.load_points else None)
     return out
@@ -500,11 +560,18 @@ class WindowStream(IterableDataset):
 
 
 class FrameCache:
-    """Main-process side of the frame transport: frames by (worker, id) on the batch device."""
+    """Main-process side of the frame transport: frames by (worker, id) on the batch device.
+
+    Pool slots (see :class:`SlotPool`) are returned to the worker (flag set to 0) as soon as
+    their frame is dropped; the cached tensor of a slot is a view on CPU devices and a copy on
+    GPUs (copied from the shared, pageable buffer synchronously, so the slot can be reused).
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.frames: dict[tuple[int, int], torch.Tensor] = {}
+        self.frames: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
+        self.flags: dict[int, torch.Tensor] = {}
+        self.buffers: dict[tuple[int, int], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -512,13 +579,20 @@ class FrameCache:
     def assemble(self, raw: dict[str, Any], new_frames: torch.Tensor | list | None = None) -> torch.Tensor:
         """Store the batch's new frames, build ``[B, T, C, H, W, 3]`` uint8 on the device, apply releases."""
         w = int(raw["worker"])
+        if "slot_flags" in raw:
+            self.flags[w] = raw.pop("slot_flags")
+        for i, buf in raw.pop("slot_buffers", {}).items():
+            self.buffers[(w, int(i))] = buf
         new = raw.pop("new_frames") if new_frames is None else new_frames
-        ids = raw.pop("new_frame_ids")
-        for i, fid in enumerate(ids):
-            self.frames[(w, fid)] = new[i].to(self.device, non_blocking=True)
+        slots = raw.pop("new_slots", None) or [-1] * len(raw["new_frame_ids"])
+        for i, fid in enumerate(raw.pop("new_frame_ids")):
+            src = new[i] if new_frames is not None or slots[i] < 0 else self.buffers[(w, slots[i])]
+            self.frames[(w, fid)] = (src.to(self.device, non_blocking=src.is_pinned()), slots[i])
         fids = raw.pop("frame_ids")
         b, t = fids.shape
-        imgs = torch.stack([self.frames[(w, int(f))] for f in fids.flatten()])
+        imgs = torch.stack([self.frames[(w, int(f))][0] for f in np.asarray(fids).reshape(-1)])
         for fid in raw.pop("release"):
-            self.frames.pop((w, int(fid)), None)
+            entry = self.frames.pop((w, int(fid)), None)
+            if entry is not None and entry[1] >= 0 and new_frames is None:
+                self.flags[w][entry[1]] = 0
         return imgs.reshape(b, t, *imgs.shape[1:])

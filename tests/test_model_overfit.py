@@ -8,7 +8,7 @@ from bev_model.synthetic import make_batch
 from shards.conventions import transform_boxes
 
 
-def _train(steps: int, num_boxes: int, lr: float, stop_ratio: float | None = None):
+def _train(steps: int, num_boxes: int, lr: float):
     torch.manual_seed(0)
     model = build_model(get_preset("tiny")).train()
     batch = make_batch(1, 1, (64, 176), num_boxes=num_boxes, bev_aug=True, seed=1)
@@ -21,8 +21,6 @@ def _train(steps: int, num_boxes: int, lr: float, stop_ratio: float | None = Non
         torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
         opt.step()
         history.append({k: float(v) for k, v in out.items()})
-        if stop_ratio is not None and history[-1]["loss"] < stop_ratio * history[0]["loss"]:
-            break
     return model, batch, history
 
 
@@ -48,7 +46,27 @@ def test_tiny_model_loss_falls_quickly_on_a_fixed_batch():
 
 @pytest.mark.slow
 def test_tiny_model_overfits_a_fixed_batch():
-    model, batch, hist = _train(steps=400, num_boxes=4, lr=2e-3, stop_ratio=0.08)
-    assert hist[-1]["loss"] < 0.1 * hist[0]["loss"], f"loss {hist[0]['loss']:.2f} -> {hist[-1]['loss']:.2f}"
-    errors = _best_detection_errors(model, batch)
-    assert float(errors.max()) < 0.5, errors
+    # trains in chunks of 25 steps until the loss is below 10 % of its start and every GT box is found
+    # within 0.5 m (at most 400 steps; about 100-200 are needed)
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny")).train()
+    batch = make_batch(1, 1, (64, 176), num_boxes=4, bev_aug=True, seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    start, errors, steps = None, None, 0
+    while steps < 400:
+        model.train()
+        for _ in range(25):
+            out = model.forward_train(batch)
+            opt.zero_grad()
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
+            opt.step()
+            start = start if start is not None else float(out["loss"])
+            steps += 1
+        last = float(out["loss"])
+        if last < 0.1 * start:
+            errors = _best_detection_errors(model, batch)
+            if float(errors.max()) < 0.5:
+                break
+    assert last < 0.1 * start, f"loss {start:.2f} -> {last:.2f} after {steps} steps"
+    assert errors is not None and float(errors.max()) < 0.5, errors

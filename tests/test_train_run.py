@@ -168,3 +168,17 @@ def test_sigkill_after_checkpoint_resumes_at_step_and_data_position(run_a: Path,
     wb = torch.load(out / "checkpoints" / f"step_{CKPT_EVERY:08d}" / "weights_fp32.pt", weights_only=True)
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
     assert (out / "checkpoints" / f"step_{STEPS:08d}" / "complete").is_file()
+
+
+@pytest.mark.slow
+def test_eval_hook_scores_a_checkpoint_with_the_eval_package(run_a: Path, synth_shards) -> None:
+    from train.config import EvalSection
+    from train.eval_hook import run_eval
+
+    cfg = EvalSection(enabled=True, shards=str(synth_shards["mini_val"]),
+                      args=["--max-samples", "2", "--pictures", "0", "--curves", "none"])
+    ckpt = run_a / "checkpoints" / f"step_{STEPS:08d}"
+    res = run_eval(cfg, ckpt, STEPS)
+    assert res["returncode"] == 0, res["log"]
+    assert (ckpt / "eval" / "metrics_summary.json").is_file()
+    assert 0.0 <= res["metrics"]["nd_score"] <= 1.0 and res["metrics"]["num_samples"] == 2

@@ -60,7 +60,7 @@ def init_distributed(backend: str = "auto") -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device(acc.device_name())
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))  # torchrun / deepspeed
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)

@@ -1,9 +1,10 @@
 """Periodic evaluation: run the eval package's CLI on a saved checkpoint (rank 0, a subprocess).
 
-``python -m eval --shards {eval.shards} --checkpoint {ckpt} --out {ckpt}/eval {eval.args...}``; in ``eval.args``,
-``{ckpt}``, ``{step}`` and ``{weights}`` are substituted. The metrics are read from the first JSON
-summary the run writes under the checkpoint's ``eval/`` directory or, failing that, from the last
-JSON object printed on stdout. A failing eval is reported, never fatal to training.
+``python -m eval --shards {eval.shards} --checkpoint {ckpt} --out {ckpt}/eval {eval.args...}``
+(``--checkpoint {ckpt}/weights_ema_fp32.pt`` when ``eval.weights`` names the EMA weights). In
+``eval.args``, ``{ckpt}``, ``{step}`` and ``{weights}`` are substituted. The metrics are read from
+the JSON summary the eval writes (``{ckpt}/eval/metrics_summary.json``) or, failing that, from the
+last JSON object printed on stdout. A failing eval is reported as a warning, never fatal to training.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ SCENE_MARGIN = 80.0
 EGO_CLEARANCE = 3.0
 """Metres between the ego's path (``d = 0``) and the nearest point of every actor's footprint."""
 
-TRAFFIC_LANES: tuple[tuple[float, float, float], ...] = ((-5.0, 1.0, 0.1), (5.0, -1.0, 0.05), (8.5, -1.0, 0.3))
+TRAFFIC_LANES: tuple[tuple[float, float, float], ...] = ((-5.0, 1.0, 0.1), (5.0, -1.0, 0.05), (8.5, -1.0, 0.1))
 """``(d, direction, p_stopped)`` of the traffic lanes (one with the ego, two oncoming)."""
 BIKE_LANE = -7.5
 WORK_ZONES = (-9.0, 11.0)
@@ -411,17 +411,27 @@ def make_world(seed: int, scene_name: str, duration: float) -> SceneWorld:
             park(parked(_pick(rng, {"car": 0.4, "truck": 0.14, "trailer": 0.12, "construction_vehicle": 0.12,
                                     "motorcycle": 0.08, "bicycle": 0.08, "other": 0.06})), d, s, 0.5)
 
-    # Work zones: rows of cones or barriers between the traffic and the parking; every scene has a
-    # cone row and a barrier row close to the ego's path across the oncoming lanes, and maybe more
-    # anywhere, on either side.
-    zones = [("traffic_cone", float(rng.uniform(-25.0, s_end + 5.0)), WORK_ZONES[1]),
-             ("barrier", float(rng.uniform(-25.0, s_end + 5.0)), WORK_ZONES[1])]
+    # Work zones: rows of cones or barriers between the traffic and the parking. Every scene has a cone
+    # row and a barrier row one after the other near the ego's mid-scene position, across the oncoming
+    # lanes, and maybe more anywhere on either side (where they do not overlap a row already there).
+    zone_taken: dict[float, list[tuple[float, float]]] = {d: [] for d in WORK_ZONES}
+    first = ["traffic_cone", "barrier"]
+    rng.shuffle(first)
+    z_start = s_end / 2 + float(rng.uniform(*SHOWCASE_OFFSET)) - 10.0
+    zones = []
+    for cls in first:
+        z_len = float(rng.uniform(6.0, 12.0))
+        zones.append((cls, WORK_ZONES[1], z_start, z_len))
+        z_start += z_len + float(rng.uniform(1.0, 4.0))
     for _ in range(2):
         if rng.random() < 0.5:
-            zones.append(("traffic_cone" if rng.random() < 0.5 else "barrier", float(rng.uniform(lo, hi - 20.0)),
-                          WORK_ZONES[0] if rng.random() < 0.7 else WORK_ZONES[1]))
-    for cls, z_start, d in zones:
-        z_len = float(rng.uniform(6.0, 15.0))
+            zones.append(("traffic_cone" if rng.random() < 0.5 else "barrier",
+                          WORK_ZONES[0] if rng.random() < 0.7 else WORK_ZONES[1],
+                          float(rng.uniform(lo, hi - 20.0)), float(rng.uniform(6.0, 15.0))))
+    for cls, d, z_start, z_len in zones:
+        if any(z_start - 1.0 < b and a < z_start + z_len + 1.0 for a, b in zone_taken[d]):
+            continue
+        zone_taken[d].append((z_start, z_start + z_len))
         step = float(rng.uniform(2.2, 3.2)) if cls == "traffic_cone" else float(rng.uniform(2.8, 3.4))
         for s in np.arange(z_start, z_start + z_len, step):
             cat = _category(rng, cls)
