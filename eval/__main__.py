@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None, need_model: bool = True) -> argpar
     ap.add_argument("--checkpoint", help="checkpoint dir with weights_fp32.pt + config.yaml (or the weights file)")
     ap.add_argument("--config", help="training config YAML to use instead of the checkpoint's config.yaml")
     ap.add_argument("--predictions", help="score this submission JSON instead of running a model")
+    ap.add_argument("--random-init", action="store_true",
+                    help="the untrained baseline: the checkpoint's model with fresh random weights")
     ap.add_argument("--out", default="eval_out", help="output directory")
     ap.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
     ap.add_argument("--allow-partial", action="store_true",
@@ -137,7 +139,7 @@ def run_model(args: argparse.Namespace, gt: GroundTruth, expected: list[str],
     """Stream the shards through the checkpoint's model (or through ``predictor`` when given)."""
     if predictor is None:
         try:
-            model, run_cfg = load_model(args.checkpoint, args.config, args.device)
+            model, run_cfg = load_model(args.checkpoint, args.config, args.device, random_init=args.random_init)
         except (CheckpointError, OSError) as e:
             raise EvalInputError(str(e)) from e
         predictor = ModelPredictor(model, args.device)

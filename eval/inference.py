@@ -64,9 +64,12 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_model(checkpoint: str | Path, config: str | Path | None = None, device: str = "cpu"):
+def load_model(checkpoint: str | Path, config: str | Path | None = None, device: str = "cpu",
+               random_init: bool = False, seed: int = 0):
     """Build the model from ``config.yaml`` (or ``config``) and load ``weights_fp32.pt``.
 
+    ``random_init``: keep the freshly initialised weights (seeded with ``seed``) instead of loading
+    the checkpoint's: the untrained baseline, built exactly like the trained model.
     Returns ``(model in eval mode on device, run config mapping)``.
     """
     import torch
@@ -76,7 +79,10 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None, device:
 
     weights, cfg_path = _checkpoint_files(checkpoint, config)
     run_cfg = load_run_config(cfg_path)
+    torch.manual_seed(seed)
     model = build_model(model_config_from_dict(run_cfg["model"], prefix="model"))
+    if random_init:
+        return model.to(device).eval(), run_cfg
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "module" in state and not any(k.startswith("module.") for k in state):
         state = state["module"]
