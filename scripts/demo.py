@@ -126,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  serving {shard_dirs['mini_val']} at {url}")
 
         header(5, n, "streaming evaluation (trained, untrained, constant boxes)")
+        const_json = out / "eval" / "constant_boxes.json"
+        run([PY, "-m", "eval.baselines", "constant", "--train-shards", shard_dirs["mini_train"],
+             "--shards", url, "--out", const_json])
+        common = ["--shards", url, "--curves", "classes"]
         for name, extra in (
             ("trained", ["--checkpoint", final]),
-            ("untrained", ["--checkpoint", final, "--random-init"]),
-            ("constant", ["--constant-baseline", shard_dirs["mini_train"]]),
+            ("untrained", ["--checkpoint", final, "--random-init", "--pictures", "0", "--curves", "none"]),
+            ("constant", ["--predictions", const_json, "--pictures", "0", "--curves", "none"]),
         ):
             eval_out = out / "eval" / name
-            run([PY, "-m", "eval", "--shards", url, "--out", eval_out, *extra])
+            run([PY, "-m", "eval", *common, "--out", eval_out, *extra])
             results[name] = json.loads((eval_out / "metrics_summary.json").read_text())
 
     header(6, n, "summary")

@@ -137,17 +137,19 @@ def test_each_frame_crosses_to_the_main_process_once(synth_shards):
     from pipeline.stream import FrameCache
 
     cfg = LoaderConfig(shards=str(synth_shards["mini_train"]), batch_size=2, offsets=(-2, -1, 0), num_workers=2,
-                       augment=False, **SMALL)
+                       augment=False, shuffle_buffer=4, epoch_samples=96, **SMALL)  # two passes
     loader = build_loader(cfg)
     cache = FrameCache(torch.device("cpu"))
-    sent, windows, peak = Counter(), 0, 0
+    sent, windows, peak, buffers = Counter(), 0, 0, 0
     for raw in loader.host_batches():
         sent.update((raw["worker"], f) for f in raw["new_frame_ids"])
+        buffers += len(raw.get("slot_buffers", {}))
         windows += raw["frame_ids"].shape[0]
         imgs = cache.assemble(raw)
         assert imgs.shape[:3] == (2, 3, 6)
         peak = max(peak, len(cache))
     assert max(sent.values()) == 1
-    assert sum(sent.values()) == windows  # one pass over the shards: one new frame per window
+    assert sum(sent.values()) == windows  # every pass decodes each frame once: one new frame per window
     assert len(cache) <= 2 * 2 * 3  # at most the last batch of each worker
-    assert peak <= 2 * (cfg.shuffle_buffer + 2 * 3)
+    assert buffers < sum(sent.values())  # shared-memory slots are reused
+    assert peak < sum(sent.values()) // 2  # frames are released during the pass, not held to its end
