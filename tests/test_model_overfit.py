@@ -20,7 +20,7 @@ def _train(steps: int, num_boxes: int, lr: float):
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
         opt.step()
-        history.append({k: float(v) for k, v in out.items()})
+        history.append({k: float(v.detach()) for k, v in out.items()})
     return model, batch, history
 
 
