@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 
     header(3, n, f"train tiny, DeepSpeed ZeRO-2 on {args.nproc} CPU ranks, {args.steps} steps")
     run_dir = out / "run"
-    final = run_dir / "checkpoints" / "final"
-    if (final / "weights_fp32.pt").is_file():
+    final = run_dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
+    if (final / "complete").is_file():
         print(f"  reusing {final}")
     else:
-        run(["torchrun", "--standalone", "--nproc_per_node", args.nproc, "-m", "train", "--config",
+        run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", args.nproc, "-m", "train", "--config",
              args.config, f"out_dir={run_dir}", f"data.shards={shard_dirs['mini_train']}",
              f"schedule.total_steps={args.steps}", "--resume", "auto"],
             env={"OMP_NUM_THREADS": "1"})
