@@ -1,0 +1,322 @@
+"""The paper's perspective-supervision ablation (BEVFormer v2, table 3) at small scale, on the synthetic world.
+
+    python benchmarks/ablation_perspective.py --out demo_out                     # 3 seeds x 3 variants
+    python benchmarks/ablation_perspective.py --out /tmp/abl --steps 2 --seeds 0 --frames-per-scene 6
+
+The ``tiny`` preset is trained with the same config (``--config``, default ``configs/demo.yaml``),
+budget (``--steps``) and data in each variant, for each seed of ``--seeds``:
+
+* ``bev_only``         ``model.lambda_pers=0`` -> no perspective head, hence no hybrid queries
+                       (``ModelConfig.use_hybrid`` needs the perspective head; ``head.hybrid=false``
+                       is also set so the resolved config says what runs);
+* ``pers_bev``         perspective + BEV, two-stage: hybrid queries from perspective proposals (the default);
+* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=false`` (learned queries only).
+
+Each run trains with ``torch.distributed.run ... -m train`` (DeepSpeed, ``--nproc`` CPU ranks) into
+``OUT/ablation/{variant}_seed{s}/`` and is scored on the val shards with ``python -m eval`` (its
+``eval/metrics_summary.json``). A run whose ``metrics_summary.json`` exists is reused; an interrupted
+training resumes from its newest complete checkpoint. The world and the shards are made with the same
+commands as ``scripts/demo.py`` when ``OUT/world`` / ``OUT/shards/{mini_train,mini_val}`` are missing
+(so a ``make demo`` output directory is reused as is).
+
+Printed: NDS, mAP, mATE, mAOE of every run; mean +- std (over seeds) per variant; the paired
+differences (same seed) ``pers_bev - bev_only`` (the paper reports +2.5 to +3.2 NDS) and
+``pers_bev - pers_bev_1stage`` with their mean +- std and min..max. Everything goes to
+``OUT/ablation/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = "v1.0-mini"
+SPLITS = ("mini_train", "mini_val")
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "bev_only": ("model.lambda_pers=0.0", "model.head.hybrid=false"),
+    "pers_bev": (),
+    "pers_bev_1stage": ("model.head.hybrid=false",),
+}
+"""Variant name -> training-config overrides (on top of ``--config``) that make it."""
+
+VARIANT_TEXT = {
+    "bev_only": "BEV only (lambda_pers = 0)",
+    "pers_bev": "perspective + BEV, two-stage",
+    "pers_bev_1stage": "perspective + BEV, one-stage",
+}
+
+PAIRS: tuple[tuple[str, str], ...] = (("pers_bev", "bev_only"), ("pers_bev", "pers_bev_1stage"))
+"""Paired differences ``a - b`` reported (same seed, same data, same budget)."""
+
+METRICS: tuple[tuple[str, str], ...] = (("NDS", "nd_score"), ("mAP", "mean_ap"), ("mATE", "trans_err"),
+                                         ("mAOE", "orient_err"))
+"""Column name -> key in ``metrics_summary.json`` (top level, or under ``tp_errors``)."""
+
+
+def load_demo() -> ModuleType:
+    """``scripts/demo.py`` as a module (its ``run``, ``header`` and ``PY`` are reused here)."""
+    spec = importlib.util.spec_from_file_location("bevstream_demo", ROOT / "scripts" / "demo.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {ROOT / 'scripts' / 'demo.py'}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@dataclass
+class RunPlan:
+    """One training + evaluation: ``variant`` at ``seed``, everything under ``dir``."""
+
+    variant: str
+    seed: int
+    dir: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}_seed{self.seed}"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "eval" / "metrics_summary.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "demo_out",
+                    help="world/shards dir (reused when present); runs go to OUT/ablation/")
+    ap.add_argument("--steps", type=int, default=600, help="training budget in optimizer steps (every run)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
+    ap.add_argument("--frames-per-scene", type=int, default=40, help="only used when the world is created")
+    ap.add_argument("--image-size", default="640x360", help="only used when the world is created")
+    ap.add_argument("--world-seed", type=int, default=0, help="only used when the world is created")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--config", default="configs/demo.yaml", help="training config shared by every variant")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra training-config override applied to every variant (repeatable)")
+    args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
+    if args.nproc < 1:
+        ap.error("--nproc must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds has duplicates: {args.seeds}")
+    args.variants = list(dict.fromkeys(args.variants))
+    return args
+
+
+def build_plan(args: argparse.Namespace, out: Path) -> list[RunPlan]:
+    """Every (seed, variant) run, seed-major so the paired runs of a seed finish together."""
+    root = out / "ablation"
+    return [RunPlan(v, s, root / f"{v}_seed{s}", (*VARIANTS[v], *args.overrides))
+            for s in args.seeds for v in args.variants]
+
+
+def train_command(py: str, args: argparse.Namespace, plan: RunPlan, train_shards: Path) -> list[str]:
+    """``torch.distributed.run ... -m train`` for ``plan`` (the demo's launch, plus the variant's overrides)."""
+    return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+            "-m", "train", "--config", args.config, f"out_dir={plan.dir}", f"data.shards={train_shards}",
+            f"seed={plan.seed}", f"schedule.total_steps={args.steps}", *plan.overrides, "--resume", "auto"]
+
+
+def eval_command(py: str, plan: RunPlan, checkpoint: Path, val_shards: Path) -> list[str]:
+    return [py, "-m", "eval", "--shards", str(val_shards), "--checkpoint", str(checkpoint),
+            "--out", str(plan.dir / "eval"), "--pictures", "0", "--curves", "none"]
+
+
+DEMO_SHARD_MB = 8.0
+"""``scripts/demo.py``'s ``--max-shard-mb``."""
+
+
+def shard_size_mb(world: Path, nproc: int) -> float:
+    """The demo's shard size, smaller when the world is so small that ``mini_train`` would give some rank
+    no shard (the loader needs one per rank and worker): aim at >= 2 train shards per rank.
+
+    v1.0-mini puts 8 of its 10 scenes in ``mini_train``; the shard size follows the source files' bytes.
+    """
+    total = sum(f.stat().st_size for f in (world / "samples").rglob("*") if f.is_file())
+    train_mb = 0.8 * total / 2**20
+    return round(min(DEMO_SHARD_MB, max(0.25, train_mb / (2 * nproc))), 2)
+
+
+def prepare_data(demo: ModuleType, args: argparse.Namespace, out: Path) -> dict[str, Path]:
+    """``OUT/world`` and ``OUT/shards/{split}``: reused when present, else made as ``scripts/demo.py`` does
+    (``shard_size_mb`` lowers the shard size for small worlds)."""
+    world = out / "world"
+    if (world / VERSION / "sample.json").is_file():
+        print(f"  reusing {world}", flush=True)
+    else:
+        if world.exists():
+            sys.exit(f"ablation: {world} exists but holds no {VERSION}/sample.json: remove it or pick another --out")
+        demo.run([demo.PY, "-m", "shards", "synth", "--out", world, "--version", VERSION, "--frames-per-scene",
+                  args.frames_per_scene, "--image-size", args.image_size, "--seed", args.world_seed])
+        (world / ".complete").write_text("ok\n")
+    shards = {}
+    for split in SPLITS:
+        d = out / "shards" / split
+        shards[split] = d
+        if (d / "manifest.json").is_file():
+            print(f"  reusing {d}", flush=True)
+            continue
+        demo.run([demo.PY, "-m", "shards", "build", "--dataroot", world, "--version", VERSION, "--split", split,
+                  "--out", d, "--clip-frames", "8", "--max-shard-mb", shard_size_mb(world, args.nproc),
+                  "--workers", "2"])
+        demo.run([demo.PY, "-m", "shards", "verify", d])
+    n = json.loads((shards["mini_train"] / "manifest.json").read_text())["num_shards"]
+    if n < args.nproc:
+        sys.exit(f"ablation: {shards['mini_train']} holds {n} shard(s), fewer than --nproc {args.nproc} ranks "
+                 "(each needs one): rebuild it with a smaller --max-shard-mb or lower --nproc")
+    return shards
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """``metrics_summary.json`` -> ``{NDS, mAP, mATE, mAOE}`` (+ the sample count)."""
+    m = json.loads(path.read_text())
+    out: dict[str, float] = {}
+    for col, key in METRICS:
+        src = m if key in m else m.get("tp_errors", {})
+        if key not in src:
+            raise KeyError(f"{path}: no '{key}' (top level or under 'tp_errors')")
+        out[col] = float(src[key])
+    out["num_samples"] = float(m.get("num_samples", float("nan")))
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (ddof 1; NaN for one value), min, max and n of ``values``."""
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
+            "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-variant mean/std over seeds and paired (same-seed) differences of every metric.
+
+    ``runs``: run name -> ``{variant, seed, metrics: {NDS, mAP, mATE, mAOE}}`` (finished runs only).
+    """
+    cols = [c for c, _ in METRICS]
+    by_variant: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs.values():
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r["metrics"]
+    variants = {v: {c: mean_std([m[c] for m in per_seed.values()]) for c in cols}
+                for v, per_seed in by_variant.items()}
+    pairs = {}
+    for a, b in PAIRS:
+        seeds = sorted(set(by_variant.get(a, {})) & set(by_variant.get(b, {})))
+        if not seeds:
+            continue
+        per_seed = {s: {c: by_variant[a][s][c] - by_variant[b][s][c] for c in cols} for s in seeds}
+        pairs[f"{a} - {b}"] = {"seeds": seeds, "per_seed": per_seed,
+                               **{c: mean_std([d[c] for d in per_seed.values()]) for c in cols}}
+    return {"variants": variants, "pairs": pairs}
+
+
+def _fmt(x: float, signed: bool = False) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
+
+
+def _secs(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0f}"
+
+
+def _pm(s: dict[str, float], signed: bool = False) -> str:
+    std = "n/a" if not math.isfinite(s["std"]) else f"{s['std']:.4f}"
+    return f"{_fmt(s['mean'], signed)} ± {std}"
+
+
+def print_tables(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
+    cols = [c for c, _ in METRICS]
+    print(f"\n{'run':<26}" + "".join(f"{c:>9}" for c in cols) + f"{'train s':>9}{'eval s':>8}")
+    for name, r in runs.items():
+        m = r["metrics"]
+        print(f"{name:<26}" + "".join(f"{_fmt(m[c]):>9}" for c in cols)
+              + f"{_secs(r.get('train_s')):>9}{_secs(r.get('eval_s')):>8}")
+    print(f"\n{'variant (mean ± std over seeds)':<34}{'n':>3}" + "".join(f"{c:>19}" for c in cols))
+    for v, s in summary["variants"].items():
+        print(f"{v:<34}{s[cols[0]]['n']:>3}" + "".join(f"{_pm(s[c]):>19}" for c in cols))
+    print("\npaired difference (same seed; NDS/mAP: higher is better, mATE/mAOE: lower is better)")
+    print(f"{'a - b':<34}{'n':>3}" + "".join(f"{c:>19}" for c in cols))
+    for k, d in summary["pairs"].items():
+        print(f"{k:<34}{d[cols[0]]['n']:>3}" + "".join(f"{_pm(d[c], signed=True):>19}" for c in cols))
+        print(f"{'  min..max':<37}" + "".join(
+            f"{_fmt(d[c]['min'], True) + '..' + _fmt(d[c]['max'], True):>19}" for c in cols))
+    print("(the paper, full nuScenes, R50: perspective + BEV over BEV only = +2.5 to +3.2 NDS)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    demo = load_demo()
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    demo.header(1, 3, "synthetic world and shards (reused when present)")
+    shards = prepare_data(demo, args, out)
+
+    plan = build_plan(args, out)
+    demo.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
+                      f"{args.steps} steps each, {args.nproc} rank(s)")
+    results_path = out / "ablation" / "results.json"
+    old = json.loads(results_path.read_text()).get("runs", {}) if results_path.is_file() else {}
+    runs: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    for k, p in enumerate(plan, 1):
+        print(f"\n--- run {k}/{len(plan)}: {p.name} ({VARIANT_TEXT[p.variant]}), seed {p.seed}", flush=True)
+        rec: dict[str, Any] = {"variant": p.variant, "seed": p.seed, "dir": str(p.dir), "overrides": list(p.overrides)}
+        if p.metrics_path.is_file():
+            print(f"  reusing {p.metrics_path}", flush=True)
+            rec.update({k2: old[p.name][k2] for k2 in ("train_s", "eval_s") if k2 in old.get(p.name, {})})
+        else:
+            final = p.dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
+            t = time.time()
+            if not (final / "complete").is_file():
+                rc = demo.run(train_command(demo.PY, args, p, shards["mini_train"]), env={"OMP_NUM_THREADS": "1"},
+                              check=False)
+                if rc != 0 or not (final / "complete").is_file():
+                    print(f"  FAILED: training of {p.name} (exit {rc}; no complete {final})", flush=True)
+                    failed.append(p.name)
+                    continue
+            rec["train_s"] = time.time() - t
+            t = time.time()
+            rc = demo.run(eval_command(demo.PY, p, final, shards["mini_val"]), check=False)
+            if rc != 0 or not p.metrics_path.is_file():
+                print(f"  FAILED: evaluation of {p.name} (exit {rc})", flush=True)
+                failed.append(p.name)
+                continue
+            rec["eval_s"] = time.time() - t
+        rec["metrics"] = read_metrics(p.metrics_path)
+        runs[p.name] = rec
+
+    demo.header(3, 3, "results")
+    summary = summarize(runs)
+    results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc,
+               "config": args.config, "extra_overrides": args.overrides, "world": str(out / "world"),
+               "shards": {k: str(v) for k, v in shards.items()}, "runs": runs, "summary": summary,
+               "failed": failed, "wall_s": time.time() - t0}
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    print_tables(runs, summary)
+    print(f"\nwrote {results_path}; ablation finished in {time.time() - t0:.0f} s")
+    if failed:
+        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

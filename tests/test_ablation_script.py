@@ -1,0 +1,88 @@
+"""benchmarks/ablation_perspective.py: its plan (variants -> real training configs) and its statistics."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def abl():
+    spec = importlib.util.spec_from_file_location("ablation_perspective", ROOT / "benchmarks" / "ablation_perspective.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def test_variants_resolve_to_the_intended_models(abl, tmp_path):
+    """Each variant's overrides, applied to the demo config by the trainer's own loader, give the ablated model."""
+    from train.config import load_train_config
+
+    args = abl.parse_args(["--out", str(tmp_path), "--seeds", "3", "--steps", "5"])
+    plan = abl.build_plan(args, tmp_path)
+    assert [p.variant for p in plan] == ["bev_only", "pers_bev", "pers_bev_1stage"]
+    (tmp_path / "train").mkdir()
+    flags = {}
+    for p in plan:
+        assert p.dir == tmp_path / "ablation" / f"{p.variant}_seed3"
+        cmd = abl.train_command("python", args, p, tmp_path / "train")
+        overrides = cmd[cmd.index("--config") + 2:cmd.index("--resume")]
+        cfg = load_train_config(ROOT / args.config, overrides)
+        assert cfg.seed == 3 and cfg.schedule.total_steps == 5 and cfg.out_dir == p.dir
+        mcfg = cfg.model_config()
+        flags[p.variant] = (mcfg.lambda_pers > 0, mcfg.use_perspective, mcfg.use_hybrid)
+    assert flags == {"bev_only": (False, False, False), "pers_bev": (True, True, True),
+                     "pers_bev_1stage": (True, True, False)}
+
+
+def test_plan_is_seed_major_and_extra_overrides_reach_every_run(abl, tmp_path):
+    args = abl.parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "--variants", "pers_bev", "bev_only",
+                           "--set", "optim.lr=1e-3"])
+    names = [p.name for p in abl.build_plan(args, tmp_path)]
+    assert names == ["pers_bev_seed0", "bev_only_seed0", "pers_bev_seed1", "bev_only_seed1"]
+    assert all(p.overrides[-1] == "optim.lr=1e-3" for p in abl.build_plan(args, tmp_path))
+    with pytest.raises(SystemExit):
+        abl.parse_args(["--seeds", "0", "0"])
+    with pytest.raises(SystemExit):
+        abl.parse_args(["--variants", "nope"])
+
+
+def test_summary_pairs_runs_by_seed(abl, tmp_path):
+    """Means/stds per variant and same-seed differences, from metrics_summary.json files as eval writes them."""
+    nds = {("pers_bev", 0): 0.30, ("pers_bev", 1): 0.20, ("bev_only", 0): 0.25, ("bev_only", 1): 0.19,
+           ("bev_only", 2): 0.5}
+    runs = {}
+    for (v, s), x in nds.items():
+        f = tmp_path / f"{v}_{s}.json"
+        f.write_text(json.dumps({"nd_score": x, "mean_ap": x / 2, "num_samples": 12,
+                                 "tp_errors": {"trans_err": 1 - x, "orient_err": 1.5 - x}}))
+        runs[f"{v}_seed{s}"] = {"variant": v, "seed": s, "metrics": abl.read_metrics(f)}
+    summary = abl.summarize(runs)
+    assert summary["variants"]["bev_only"]["NDS"]["n"] == 3
+    assert summary["variants"]["pers_bev"]["NDS"]["mean"] == pytest.approx(0.25)
+    assert summary["variants"]["pers_bev"]["mATE"]["mean"] == pytest.approx(0.75)
+    pair = summary["pairs"]["pers_bev - bev_only"]
+    assert pair["seeds"] == [0, 1]  # seed 2 has no partner
+    assert pair["NDS"]["mean"] == pytest.approx(0.03)
+    assert pair["NDS"]["std"] == pytest.approx(math.sqrt(2) * 0.02)
+    assert pair["mAOE"]["min"] == pytest.approx(-0.05) and pair["mAOE"]["max"] == pytest.approx(-0.01)
+    assert "pers_bev - pers_bev_1stage" not in summary["pairs"]
+    abl.print_tables(runs, summary)  # formats NaN stds (one value) without raising
+
+
+def test_small_worlds_get_shards_small_enough_for_every_rank(abl, tmp_path):
+    cam = tmp_path / "world" / "samples" / "CAM_FRONT"
+    cam.mkdir(parents=True)
+    (cam / "a.jpg").write_bytes(b"\0" * 10 * 2**20)  # 10 MiB of source files: about 8 MiB in mini_train
+    assert abl.shard_size_mb(tmp_path / "world", nproc=2) == pytest.approx(2.0)
+    (cam / "b.jpg").write_bytes(b"\0" * 90 * 2**20)
+    assert abl.shard_size_mb(tmp_path / "world", nproc=2) == abl.DEMO_SHARD_MB  # large worlds: the demo's size
