@@ -272,15 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
                       f"{args.steps} steps each, {args.nproc} rank(s)")
     results_path = out / "ablation" / "results.json"
-    old = json.loads(results_path.read_text()).get("runs", {}) if results_path.is_file() else {}
     runs: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     for k, p in enumerate(plan, 1):
         print(f"\n--- run {k}/{len(plan)}: {p.name} ({VARIANT_TEXT[p.variant]}), seed {p.seed}", flush=True)
         rec: dict[str, Any] = {"variant": p.variant, "seed": p.seed, "dir": str(p.dir), "overrides": list(p.overrides)}
         if p.metrics_path.is_file():
+            done_ckpt = Path(str(json.loads(p.metrics_path.read_text()).get("checkpoint", ""))).name
+            if done_ckpt != f"step_{args.steps:08d}":
+                sys.exit(f"ablation: {p.metrics_path} scores checkpoint {done_ckpt!r}, not the --steps {args.steps} "
+                         f"one: use another --out, or delete {p.dir}")
             print(f"  reusing {p.metrics_path}", flush=True)
-            rec.update({k2: old[p.name][k2] for k2 in ("train_s", "eval_s") if k2 in old.get(p.name, {})})
+            if (p.dir / "timing.json").is_file():
+                rec.update(json.loads((p.dir / "timing.json").read_text()))
         else:
             final = p.dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
             t = time.time()
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  FAILED: training of {p.name} (exit {rc}; no complete {final})", flush=True)
                     failed.append(p.name)
                     continue
-            rec["train_s"] = time.time() - t
+                rec["train_s"] = time.time() - t
             t = time.time()
             rc = demo.run(eval_command(demo.PY, p, final, shards["mini_val"]), check=False)
             if rc != 0 or not p.metrics_path.is_file():
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(p.name)
                 continue
             rec["eval_s"] = time.time() - t
+            (p.dir / "timing.json").write_text(json.dumps({k2: rec[k2] for k2 in ("train_s", "eval_s") if k2 in rec}) + "\n")
         rec["metrics"] = read_metrics(p.metrics_path)
         runs[p.name] = rec
 
