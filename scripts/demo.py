@@ -74,10 +74,10 @@ def http_server(root: Path) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "demo_out")
-    ap.add_argument("--frames-per-scene", type=int, default=40)
+    ap.add_argument("--frames-per-scene", type=int, default=30)
     ap.add_argument("--image-size", default="640x360")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=600, help="training budget in optimizer steps")
+    ap.add_argument("--steps", type=int, default=60, help="training budget in optimizer steps")
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--nproc", type=int, default=2)
     args = ap.parse_args(argv)
