@@ -11,11 +11,11 @@ exactly as DESIGN.md prescribes for the pipeline.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
+from pipeline.batch import Batch
 from shards.conventions import (
     CAMERAS,
     CLASS_ATTRIBUTES,
@@ -37,38 +37,8 @@ CLASS_SIZES = {  # (l, w, h) metres
 }
 
 
-@dataclass
-class SyntheticBatch:
-    """Same fields as ``pipeline.batch.Batch`` (CONTRACTS.md)."""
-
-    imgs: torch.Tensor
-    ego2img: torch.Tensor
-    intrinsics: torch.Tensor
-    cam2ego: torch.Tensor
-    img_aug: torch.Tensor
-    bev_aug: torch.Tensor
-    cur_from_prev: torch.Tensor
-    valid_prev: torch.Tensor
-    ego2global: torch.Tensor
-    gt_boxes: list[torch.Tensor]
-    gt_labels: list[torch.Tensor]
-    gt_attrs: list[torch.Tensor]
-    gt_num_pts: list[torch.Tensor]
-    gt_visibility: list[torch.Tensor]
-    sample_token: list[str]
-    scene_token: list[str]
-    timestamp: torch.Tensor
-
-    def to(self, device) -> SyntheticBatch:
-        kw = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if torch.is_tensor(v):
-                v = v.to(device)
-            elif isinstance(v, list) and v and torch.is_tensor(v[0]):
-                v = [x.to(device) for x in v]
-            kw[f.name] = v
-        return SyntheticBatch(**kw)
+SyntheticBatch = Batch
+"""Synthetic batches are real ``pipeline.batch.Batch`` objects (CONTRACTS.md)."""
 
 
 def camera_rig(image_hw: tuple[int, int], num_cams: int = 6) -> tuple[np.ndarray, np.ndarray]:
