@@ -1,27 +1,10 @@
 """The tiny model overfits one fixed synthetic batch (the whole detector learns, end to end)."""
 
-import pytest
 import torch
 
 from bev_model import build_model, get_preset
 from bev_model.synthetic import make_batch
 from shards.conventions import transform_boxes
-
-
-def _train(steps: int, num_boxes: int, lr: float):
-    torch.manual_seed(0)
-    model = build_model(get_preset("tiny")).train()
-    batch = make_batch(1, 1, (64, 176), num_boxes=num_boxes, bev_aug=True, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    history = []
-    for _ in range(steps):
-        out = model.forward_train(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
-        opt.step()
-        history.append({k: float(v.detach()) for k, v in out.items()})
-    return model, batch, history
 
 
 def _best_detection_errors(model, batch) -> torch.Tensor:
@@ -37,17 +20,9 @@ def _best_detection_errors(model, batch) -> torch.Tensor:
     return torch.stack(errs)
 
 
-def test_tiny_model_loss_falls_quickly_on_a_fixed_batch():
-    _, _, hist = _train(steps=20, num_boxes=3, lr=2e-3)
-    first, last = hist[0], hist[-1]
-    assert last["loss"] < 0.6 * first["loss"]
-    assert last["bev.cls"] < first["bev.cls"] and last["pers.depth"] < first["pers.depth"]
-
-
-@pytest.mark.slow
 def test_tiny_model_overfits_a_fixed_batch():
     # AdamW 2e-3, lr x0.2 at steps 150 and 225; from step 150 on, every 25 steps: stop once the loss is
-    # below 10 % of its start and every GT box is found within 0.5 m (at most 400 steps, ~5 min on 2 cores)
+    # below 10 % of its start and every GT box is found within 0.5 m (at most 400 steps, about 2 minutes on 2 quiet cores)
     torch.manual_seed(0)
     model = build_model(get_preset("tiny")).train()
     batch = make_batch(1, 1, (64, 176), num_boxes=4, bev_aug=True, seed=1)
@@ -63,8 +38,8 @@ def test_tiny_model_overfits_a_fixed_batch():
         opt.step()
         sched.step()
         steps += 1
-        start = start if start is not None else float(out["loss"])
-        last = float(out["loss"])
+        last = out["loss"].item()
+        start = start if start is not None else last
         if steps >= 150 and steps % 25 == 0 and last < 0.1 * start:
             errors = _best_detection_errors(model, batch)
             if float(errors.max()) < 0.5:
