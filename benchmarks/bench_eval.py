@@ -18,29 +18,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 
-class Oracle:
-    """Deterministic stand-in for a model: GT boxes (bev_aug undone) with token-seeded noise."""
+def Oracle():
+    """No model: GT boxes (bev_aug undone) with 0.3 m token-seeded noise (eval.baselines.NoisyOracle)."""
+    from eval.baselines import NoisyOracle
 
-    def __call__(self, batch) -> list[dict]:
-        from shards.conventions import transform_boxes
-
-        out = []
-        for b, token in enumerate(batch.sample_token):
-            rng = np.random.default_rng(zlib.crc32(token.encode()))
-            bev = batch.bev_aug[b].double().numpy()
-            boxes = transform_boxes(batch.gt_boxes[b].double().numpy().reshape(-1, 9), np.linalg.inv(bev))
-            boxes[:, :2] += rng.normal(0, 0.3, (len(boxes), 2))
-            out.append({"boxes": boxes, "scores": rng.random(len(boxes)), "labels": batch.gt_labels[b].numpy(),
-                        "attrs": batch.gt_attrs[b].numpy()})
-        return out
+    return NoisyOracle(xy_sigma=0.3)
 
 
 def build_data(work: Path, frames: int, image_wh: tuple[int, int]) -> Path:

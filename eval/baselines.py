@@ -109,3 +109,38 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class NoisyOracle:
+    """A deterministic stand-in for a model: each sample's GT boxes (``bev_aug`` undone) with noise seeded
+    by the sample token, and optionally one false positive per sample. Same input, same output, whatever
+    the transport: tests and benchmarks use it to compare streams and to time everything but inference.
+
+    Args:
+        xy_sigma: std of the centre noise (m). yaw_sigma: std of the heading noise (rad).
+        false_positive: add one car-sized box at a random place per sample.
+    """
+
+    def __init__(self, xy_sigma: float = 0.3, yaw_sigma: float = 0.0, false_positive: bool = False):
+        self.xy_sigma, self.yaw_sigma, self.false_positive = xy_sigma, yaw_sigma, false_positive
+
+    def __call__(self, batch) -> list[dict]:
+        import zlib
+
+        from shards.conventions import transform_boxes
+
+        out = []
+        for b, token in enumerate(batch.sample_token):
+            rng = np.random.default_rng(zlib.crc32(token.encode()))
+            bev = batch.bev_aug[b].double().numpy()
+            boxes = transform_boxes(batch.gt_boxes[b].double().numpy().reshape(-1, 9), np.linalg.inv(bev))
+            boxes[:, :2] += rng.normal(0, self.xy_sigma, (len(boxes), 2))
+            if self.yaw_sigma:
+                boxes[:, 6] += rng.normal(0, self.yaw_sigma, len(boxes))
+            labels, attrs = batch.gt_labels[b].numpy(), batch.gt_attrs[b].numpy()
+            if self.false_positive:
+                fp = np.array([[rng.uniform(-30, 30), rng.uniform(-30, 30), 0.0, 4.5, 2.0, 1.6, 0.0, 0.0, 0.0]])
+                boxes = np.concatenate([boxes, fp])
+                labels, attrs = np.concatenate([labels, [0]]), np.concatenate([attrs, [-1]])
+            out.append({"boxes": boxes, "scores": rng.random(len(boxes)), "labels": labels, "attrs": attrs})
+        return out

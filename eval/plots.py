@@ -127,6 +127,11 @@ def draw_cameras(view: SampleView, path: str | Path, score_thr: float = 0.3, max
             ax.set_title(f"{cam}  gt {n_gt}  pred {n_pr}", fontsize=9)
             ax.axis("off")
     fig.suptitle(f"{view.sample_token}: GT green, predictions red (score >= {score_thr})", fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,12 +167,7 @@ def draw_bev(view: SampleView, path: str | Path, score_thr: float = 0.3, max_box
     ax.set_ylabel("ego y (m, left)")
     n_gt, n_pred = len(view.gt_boxes), len(keep)
     ax.set_title(f"{view.sample_token}: {n_gt} GT (green), {n_pred} predictions >= {score_thr} (red)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def class_names(labels: np.ndarray) -> list[str]:

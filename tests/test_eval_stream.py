@@ -7,20 +7,18 @@ import json
 import logging
 import shutil
 import socket
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from eval.__main__ import main
+from eval.baselines import NoisyOracle as _NoisyOracle
 from eval.gt import load_ground_truth
 from eval.inference import ModelPredictor, eval_loader_config, load_model, stream_predictions
 from eval.metrics import compare_summaries, evaluate
 from eval.submission import load_submission, make_submission, validate_submission
-from shards.conventions import transform_boxes
 from tests.servers import TEST_S3_CREDENTIALS, http_server, s3_server
 
 IMAGE_SIZE = [64, 176]
@@ -28,26 +26,9 @@ RESET_AFTER = 60_000
 """Bytes after which the flaky HTTP server resets the first GET of every file (shards are ~100-400 kB)."""
 
 
-class NoisyOracle:
-    """A deterministic predictor: the batch's GT boxes (bev_aug undone) with noise seeded by the sample token,
-    plus one false positive per sample. Same input -> same output, whatever the transport."""
-
-    def __call__(self, batch) -> list[dict]:
-        out = []
-        for b, token in enumerate(batch.sample_token):
-            rng = np.random.default_rng(zlib.crc32(token.encode()))
-            bev = batch.bev_aug[b].double().numpy()
-            boxes = transform_boxes(batch.gt_boxes[b].double().numpy().reshape(-1, 9), np.linalg.inv(bev))
-            boxes[:, :2] += rng.normal(0, 0.4, (len(boxes), 2))
-            boxes[:, 6] += rng.normal(0, 0.1, len(boxes))
-            fp = np.array([[rng.uniform(-30, 30), rng.uniform(-30, 30), 0.0, 4.5, 2.0, 1.6, 0.0, 0.0, 0.0]])
-            out.append({
-                "boxes": np.concatenate([boxes, fp]),
-                "scores": rng.random(len(boxes) + 1),
-                "labels": np.concatenate([batch.gt_labels[b].numpy(), [0]]),
-                "attrs": np.concatenate([batch.gt_attrs[b].numpy(), [-1]]),
-            })
-        return out
+def NoisyOracle():
+    """GT boxes with xy noise 0.4 m, yaw noise 0.1 rad and one false positive per sample."""
+    return _NoisyOracle(xy_sigma=0.4, yaw_sigma=0.1, false_positive=True)
 
 
 @pytest.fixture(scope="module")
