@@ -119,3 +119,20 @@ def forward_and_grads(
     upstream = torch.randn(out.shape, generator=g).to(out.device)
     grads = torch.autograd.grad((out.float() * upstream).sum(), (value, loc, attn))
     return tuple(t.detach().double().cpu() for t in (out, *grads))
+
+
+def fit_toy_target(attn, query, ref, value, spatial_shapes, level_start_index, target, steps: int,
+                   lr: float) -> list[float]:
+    """Adam steps of ``attn(query, ref, value, ...)`` toward ``target`` (MSE); checks after every backward
+    that gradients reach the sampling offsets and attention weights. Returns the loss of every step."""
+    opt = torch.optim.Adam(attn.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(attn(query, ref, value, spatial_shapes, level_start_index), target)
+        opt.zero_grad()
+        loss.backward()
+        assert attn.sampling_offsets.weight.grad.abs().sum() > 0
+        assert attn.attention_weights.weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append(loss.item())
+    return losses
