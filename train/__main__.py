@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .dist import share_cpu_threads
+
+    share_cpu_threads()  # before anything imports numba
     args = parse_args(argv)
     from .config import load_train_config
 
