@@ -51,9 +51,8 @@ def share_cpu_threads() -> None:
     """Cap the OpenMP and numba thread pools of this rank at its share of the cores (unless set).
 
     Must run before numba is imported (numba sizes its pool from ``NUMBA_NUM_THREADS`` then).
-    numba's workers keep spinning after a parallel region, so two ranks on two cores that each
-    keep numba's default (one thread per core) starve each other's convolutions: measured 7 s
-    instead of 3 s per demo step (tiny preset, 2 ranks on 2 cores).
+    numba's workers keep spinning after a parallel region, so ranks that each keep numba's default
+    (one thread per core) starve each other's convolutions when they share the cores.
     """
     share = str(cpu_thread_share())
     os.environ.setdefault("OMP_NUM_THREADS", share)
