@@ -9,8 +9,12 @@
 2. Steps/s of the ``tiny`` preset with the loader's wait fraction: background loader workers
    (``data.num_workers=1``) beside synchronous loading in the training process
    (``data.num_workers=0``, the baseline), same run, same shards.
+3. Steps/s of the demo config (``configs/demo.yaml``) with each rank's numba pool at numba's default
+   (one thread per core, the baseline) beside ``train.dist.share_cpu_threads`` (the cores divided
+   among the local ranks), same run, same shards.
 
-    python benchmarks/bench_train.py                  # both parts
+    python benchmarks/bench_train.py                  # all parts
+    python benchmarks/bench_train.py --part threads --steps 8 --shards demo_out/shards/mini_train
     python benchmarks/bench_train.py --part memory --backbone convnext_base   # smaller large-class model
 """
 
@@ -44,9 +48,30 @@ def _env() -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env={**_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _timed_run(shards: Path, out: Path, steps: int, config: str, extra: list[str], env: dict[str, str] | None,
+               what: str) -> dict[str, float]:
+    """Train ``steps`` steps on 2 CPU ranks; steps/s, samples/s and data-wait fraction (step 1 excluded)."""
+    proc = _torchrun(["-m", "train", "--config", config, f"data.shards={shards}", f"out_dir={out}",
+                      f"schedule.total_steps={steps}", "checkpoint.every_steps=0", "checkpoint.save_final=false",
+                      "logging.progress=false", "logging.tensorboard=false", "logging.every_steps=1", *extra],
+                     timeout=3600, env=env)
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-6000:], file=sys.stderr)
+        raise SystemExit(f"training run ({what}) failed")
+    recs = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "event" not in r and r["step"] > 1]  # step 1: warm-up
+    span = recs[-1]["time"] - recs[0]["time"]
+    return {
+        "steps_per_s": (len(recs) - 1) / span,
+        "wait_frac": sum(r["data_wait_s"] for r in recs) / sum(r["data_wait_s"] + r["compute_s"] for r in recs),
+        "samples_per_s": sum(r["samples_per_s"] for r in recs) / len(recs),
+    }
 
 
 def make_shards(base: Path) -> Path:
@@ -217,24 +242,8 @@ def run_memory(shards: Path, backbone: str | None, work: Path, stages: list[int]
 
 # --------------------------------------------------------------------------------------------- throughput
 def run_throughput(shards: Path, work: Path, steps: int) -> None:
-    results = {}
-    for workers in (0, 1):
-        out = work / f"tiny_w{workers}"
-        proc = _torchrun(["-m", "train", "--config", "configs/tiny.yaml", f"data.shards={shards}", f"out_dir={out}",
-                          f"schedule.total_steps={steps}", "checkpoint.every_steps=0", "checkpoint.save_final=false",
-                          "logging.progress=false", "logging.tensorboard=false", f"data.num_workers={workers}"],
-                         timeout=3600)
-        if proc.returncode != 0:
-            print(proc.stdout[-2000:], proc.stderr[-6000:], file=sys.stderr)
-            raise SystemExit(f"tiny run (num_workers={workers}) failed")
-        recs = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
-        recs = [r for r in recs if "event" not in r and r["step"] > 1]  # step 1: warm-up
-        span = recs[-1]["time"] - recs[0]["time"]
-        results[workers] = {
-            "steps_per_s": (len(recs) - 1) / span,
-            "wait_frac": sum(r["data_wait_s"] for r in recs) / sum(r["data_wait_s"] + r["compute_s"] for r in recs),
-            "samples_per_s": sum(r["samples_per_s"] for r in recs) / len(recs),
-        }
+    results = {w: _timed_run(shards, work / f"tiny_w{w}", steps, "configs/tiny.yaml", [f"data.num_workers={w}"],
+                             None, f"num_workers={w}") for w in (0, 1)}
     b, m = results[0], results[1]
     print(f"\nTiny preset, 2 CPU ranks, ZeRO-2, batch 1/rank, {steps} steps (first excluded):")
     print(f"{'loader':>28} | {'steps/s':>8} | {'samples/s':>9} | {'data wait':>9}")
@@ -245,9 +254,24 @@ def run_throughput(shards: Path, work: Path, steps: int) -> None:
     print(f"speed-up of background loading: {m['steps_per_s'] / b['steps_per_s']:.2f}x")
 
 
+def run_threads(shards: Path, work: Path, steps: int) -> None:
+    """The demo config on 2 CPU ranks: numba's default pool (one thread per core in every rank) vs
+    ``train.dist.share_cpu_threads`` (each rank's pools sized to its share of the cores)."""
+    cores = str(os.cpu_count() or 1)
+    base = _timed_run(shards, work / "threads_default", steps, "configs/demo.yaml", [],
+                      {"NUMBA_NUM_THREADS": cores}, "numba default")
+    ours = _timed_run(shards, work / "threads_shared", steps, "configs/demo.yaml", [], None, "shared")
+    print(f"\nDemo config, 2 CPU ranks on {cores} cores, {steps} steps (first excluded):")
+    print(f"{'numba pool per rank':>34} | {'steps/s':>8} | {'data wait':>9} | ratio")
+    print(f"{'numba default (' + cores + ' threads, baseline)':>34} | {base['steps_per_s']:8.3f} | "
+          f"{base['wait_frac']:8.1%} | 1.00x")
+    print(f"{'share of the cores (ours)':>34} | {ours['steps_per_s']:8.3f} | {ours['wait_frac']:8.1%} | "
+          f"{ours['steps_per_s'] / base['steps_per_s']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "memory", "throughput"], default="all")
+    ap.add_argument("--part", choices=["all", "memory", "throughput", "threads"], default="all")
     ap.add_argument("--backbone", default=None, help="timm backbone replacing convnext_xlarge in the memory part")
     ap.add_argument("--stages", default="0,1,2,3", help="ZeRO stages of the memory part (the first is the baseline)")
     ap.add_argument("--steps", type=int, default=10, help="tiny steps per throughput run")
@@ -268,6 +292,8 @@ def main() -> None:
             run_memory(shards, args.backbone, work, [int(x) for x in args.stages.split(",")])
         if args.part in ("all", "throughput"):
             run_throughput(shards, work, args.steps)
+        if args.part in ("all", "threads"):
+            run_threads(shards, work, args.steps)
 
 
 if __name__ == "__main__":
