@@ -32,9 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
+T0 = time.time()
+
+
 def header(i: int, n: int, text: str) -> None:
     bar = "#" * i + "." * (n - i)
-    print(f"\n[{bar}] stage {i}/{n}: {text}", flush=True)
+    print(f"\n[{bar}] stage {i}/{n}: {text}   (t = {time.time() - T0:.0f} s)", flush=True)
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> int:
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = 6
-    t0 = time.time()
+    t0 = T0
     version = "v1.0-mini"
 
     header(1, n, "synthetic nuScenes-format world")
