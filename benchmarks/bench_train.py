@@ -262,10 +262,10 @@ def run_threads(shards: Path, work: Path, steps: int) -> None:
                       {"NUMBA_NUM_THREADS": cores}, "numba default")
     ours = _timed_run(shards, work / "threads_shared", steps, "configs/demo.yaml", [], None, "shared")
     print(f"\nDemo config, 2 CPU ranks on {cores} cores, {steps} steps (first excluded):")
-    print(f"{'numba pool per rank':>34} | {'steps/s':>8} | {'data wait':>9} | ratio")
-    print(f"{'numba default (' + cores + ' threads, baseline)':>34} | {base['steps_per_s']:8.3f} | "
+    print(f"{'numba pool per rank':>36} | {'steps/s':>8} | {'data wait':>9} | ratio")
+    print(f"{'numba default (' + cores + ' threads, baseline)':>36} | {base['steps_per_s']:8.3f} | "
           f"{base['wait_frac']:8.1%} | 1.00x")
-    print(f"{'share of the cores (ours)':>34} | {ours['steps_per_s']:8.3f} | {ours['wait_frac']:8.1%} | "
+    print(f"{'share of the cores (ours)':>36} | {ours['steps_per_s']:8.3f} | {ours['wait_frac']:8.1%} | "
           f"{ours['steps_per_s'] / base['steps_per_s']:.2f}x")
 
 
