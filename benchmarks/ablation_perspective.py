@@ -289,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             final = p.dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
             t = time.time()
             if not (final / "complete").is_file():
-                rc = demo.run(train_command(demo.PY, args, p, shards["mini_train"]), env={"OMP_NUM_THREADS": "1"},
-                              check=False)
+                rc = demo.run(train_command(demo.PY, args, p, shards["mini_train"]), check=False)
                 if rc != 0 or not (final / "complete").is_file():
                     print(f"  FAILED: training of {p.name} (exit {rc}; no complete {final})", flush=True)
                     failed.append(p.name)

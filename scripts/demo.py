@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = 6
-    t0 = T0
     version = "v1.0-mini"
 
     header(1, n, "synthetic nuScenes-format world")
@@ -119,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", args.nproc, "-m", "train", "--config",
              args.config, f"out_dir={run_dir}", f"data.shards={shard_dirs['mini_train']}",
-             f"schedule.total_steps={args.steps}", "--resume", "auto"],
-            env={"OMP_NUM_THREADS": "1"})
+             f"schedule.total_steps={args.steps}", "--resume", "auto"])  # each rank sizes its thread pools (train.dist)
 
     header(4, n, "loopback HTTP server for the val shards")
     results = {}
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\npictures:")
     for p in pics:
         print(f"  {p}")
-    print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs under {out}")
+    print(f"\ndemo finished in {time.time() - T0:.0f} s; outputs under {out}")
     return 0
 
 
