@@ -40,8 +40,6 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-VERSION = "v1.0-mini"
-SPLITS = ("mini_train", "mini_val")
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "bev_only": ("model.lambda_pers=0.0", "model.head.hybrid=false"),
@@ -72,6 +70,10 @@ def load_demo() -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+DEMO = load_demo()
+"""``scripts/demo.py``: its world / shard / training stages are the ones every run here uses."""
 
 
 @dataclass
@@ -124,11 +126,10 @@ def build_plan(args: argparse.Namespace, out: Path) -> list[RunPlan]:
             for s in args.seeds for v in args.variants]
 
 
-def train_command(py: str, args: argparse.Namespace, plan: RunPlan, train_shards: Path) -> list[str]:
-    """``torch.distributed.run ... -m train`` for ``plan`` (the demo's launch, plus the variant's overrides)."""
-    return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-            "-m", "train", "--config", args.config, f"out_dir={plan.dir}", f"data.shards={train_shards}",
-            f"seed={plan.seed}", f"schedule.total_steps={args.steps}", *plan.overrides, "--resume", "auto"]
+def train_command(args: argparse.Namespace, plan: RunPlan, train_shards: Path) -> list:
+    """The demo's training launch for ``plan``: its seed and the variant's overrides on top."""
+    return DEMO.train_command(args.config, plan.dir, train_shards, args.steps, args.nproc, f"seed={plan.seed}",
+                              *plan.overrides)
 
 
 def eval_command(py: str, plan: RunPlan, checkpoint: Path, val_shards: Path) -> list[str]:
@@ -136,8 +137,7 @@ def eval_command(py: str, plan: RunPlan, checkpoint: Path, val_shards: Path) -> 
             "--out", str(plan.dir / "eval"), "--pictures", "0", "--curves", "none"]
 
 
-DEMO_SHARD_MB = 8.0
-"""``scripts/demo.py``'s ``--max-shard-mb``."""
+DEMO_SHARD_MB = DEMO.SHARD_MB
 
 
 def shard_size_mb(world: Path, nproc: int) -> float:
@@ -151,29 +151,12 @@ def shard_size_mb(world: Path, nproc: int) -> float:
     return round(min(DEMO_SHARD_MB, max(0.25, train_mb / (2 * nproc))), 2)
 
 
-def prepare_data(demo: ModuleType, args: argparse.Namespace, out: Path) -> dict[str, Path]:
-    """``OUT/world`` and ``OUT/shards/{split}``: reused when present, else made as ``scripts/demo.py`` does
-    (``shard_size_mb`` lowers the shard size for small worlds)."""
+def prepare_data(args: argparse.Namespace, out: Path) -> dict[str, Path]:
+    """``OUT/world`` and ``OUT/shards/{split}`` made (or reused) by the demo's own stages, with the shard
+    size lowered for small worlds (``shard_size_mb``)."""
     world = out / "world"
-    if (world / VERSION / "sample.json").is_file():
-        print(f"  reusing {world}", flush=True)
-    else:
-        if world.exists():
-            sys.exit(f"ablation: {world} exists but holds no {VERSION}/sample.json: remove it or pick another --out")
-        demo.run([demo.PY, "-m", "shards", "synth", "--out", world, "--version", VERSION, "--frames-per-scene",
-                  args.frames_per_scene, "--image-size", args.image_size, "--seed", args.world_seed])
-        (world / ".complete").write_text("ok\n")
-    shards = {}
-    for split in SPLITS:
-        d = out / "shards" / split
-        shards[split] = d
-        if (d / "manifest.json").is_file():
-            print(f"  reusing {d}", flush=True)
-            continue
-        demo.run([demo.PY, "-m", "shards", "build", "--dataroot", world, "--version", VERSION, "--split", split,
-                  "--out", d, "--clip-frames", "8", "--max-shard-mb", shard_size_mb(world, args.nproc),
-                  "--workers", "2"])
-        demo.run([demo.PY, "-m", "shards", "verify", d])
+    DEMO.make_world(world, args.frames_per_scene, args.image_size, args.world_seed)
+    shards = DEMO.make_shards(world, out / "shards", shard_size_mb(world, args.nproc))
     n = json.loads((shards["mini_train"] / "manifest.json").read_text())["num_shards"]
     if n < args.nproc:
         sys.exit(f"ablation: {shards['mini_train']} holds {n} shard(s), fewer than --nproc {args.nproc} ranks "
@@ -261,15 +244,14 @@ def print_tables(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    demo = load_demo()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    demo.header(1, 3, "synthetic world and shards (reused when present)")
-    shards = prepare_data(demo, args, out)
+    DEMO.header(1, 3, "synthetic world and shards (reused when present)")
+    shards = prepare_data(args, out)
 
     plan = build_plan(args, out)
-    demo.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
+    DEMO.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
                       f"{args.steps} steps each, {args.nproc} rank(s)")
     results_path = out / "ablation" / "results.json"
     runs: dict[str, dict[str, Any]] = {}
@@ -289,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             final = p.dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
             t = time.time()
             if not (final / "complete").is_file():
-                rc = demo.run(train_command(demo.PY, args, p, shards["mini_train"]), check=False)
+                rc = DEMO.run(train_command(args, p, shards["mini_train"]), check=False)
                 if rc != 0 or not (final / "complete").is_file():
                     print(f"  FAILED: training of {p.name} (exit {rc}; no complete {final})", flush=True)
                     failed.append(p.name)
                     continue
                 rec["train_s"] = time.time() - t
             t = time.time()
-            rc = demo.run(eval_command(demo.PY, p, final, shards["mini_val"]), check=False)
+            rc = DEMO.run(eval_command(DEMO.PY, p, final, shards["mini_val"]), check=False)
             if rc != 0 or not p.metrics_path.is_file():
                 print(f"  FAILED: evaluation of {p.name} (exit {rc})", flush=True)
                 failed.append(p.name)
@@ -306,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         rec["metrics"] = read_metrics(p.metrics_path)
         runs[p.name] = rec
 
-    demo.header(3, 3, "results")
+    DEMO.header(3, 3, "results")
     summary = summarize(runs)
     results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc,
                "config": args.config, "extra_overrides": args.overrides, "world": str(out / "world"),

@@ -74,6 +74,45 @@ def http_server(root: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+VERSION = "v1.0-mini"
+SPLITS = ("mini_train", "mini_val")
+SHARD_MB = 8.0
+"""``--max-shard-mb`` of the demo's shards."""
+
+
+def make_world(world: Path, frames_per_scene: int, image_size: str, seed: int) -> None:
+    """``python -m shards synth`` into ``world``, unless a complete world is there (an incomplete one is redone)."""
+    if (world / VERSION / "sample.json").is_file() and (world / ".complete").is_file():
+        print(f"  reusing {world}")
+        return
+    shutil.rmtree(world, ignore_errors=True)
+    run([PY, "-m", "shards", "synth", "--out", world, "--version", VERSION, "--frames-per-scene", frames_per_scene,
+         "--image-size", image_size, "--seed", seed])
+    (world / ".complete").write_text("ok\n")
+
+
+def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB) -> dict[str, Path]:
+    """Build + verify ``root/{split}`` for both splits; returns split -> shard dir.
+
+    The builder resumes an interrupted build and refuses other settings, so rerunning is safe.
+    """
+    dirs = {}
+    for split in SPLITS:
+        d = dirs[split] = root / split
+        run([PY, "-m", "shards", "build", "--dataroot", world, "--version", VERSION, "--split", split, "--out", d,
+             "--clip-frames", "8", "--max-shard-mb", max_shard_mb, "--workers", "2"])
+        run([PY, "-m", "shards", "verify", d])
+    return dirs
+
+
+def train_command(config: str, run_dir: Path, train_shards: Path, steps: int, nproc: int,
+                  *overrides: str) -> list:
+    """DeepSpeed training on ``nproc`` CPU ranks (each rank sizes its own thread pools, ``train.dist``)."""
+    return [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", nproc, "-m", "train",
+            "--config", config, f"out_dir={run_dir}", f"data.shards={train_shards}", f"schedule.total_steps={steps}",
+            *overrides, "--resume", "auto"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "demo_out")
@@ -87,27 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = 6
-    version = "v1.0-mini"
 
     header(1, n, "synthetic nuScenes-format world")
     world = out / "world"
-    if (world / version / "sample.json").is_file() and (world / ".complete").is_file():
-        print(f"  reusing {world}")
-    else:
-        shutil.rmtree(world, ignore_errors=True)
-        run([PY, "-m", "shards", "synth", "--out", world, "--version", version, "--frames-per-scene",
-             args.frames_per_scene, "--image-size", args.image_size, "--seed", args.seed])
-        (world / ".complete").write_text("ok\n")
+    make_world(world, args.frames_per_scene, args.image_size, args.seed)
 
     header(2, n, "shards (train + val)")
-    shard_dirs = {}
-    for split in ("mini_train", "mini_val"):
-        d = out / "shards" / split
-        shard_dirs[split] = d
-        # the builder resumes an interrupted build and refuses other settings: rerunning is safe
-        run([PY, "-m", "shards", "build", "--dataroot", world, "--version", version, "--split", split,
-             "--out", d, "--clip-frames", "8", "--max-shard-mb", "8", "--workers", "2"])
-        run([PY, "-m", "shards", "verify", d])
+    shard_dirs = make_shards(world, out / "shards")
     run([PY, "-m", "shards", "info", shard_dirs["mini_train"]])
 
     header(3, n, f"train tiny, DeepSpeed ZeRO-2 on {args.nproc} CPU ranks, {args.steps} steps")
@@ -116,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if (final / "complete").is_file():
         print(f"  reusing {final}")
     else:
-        run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", args.nproc, "-m", "train", "--config",
-             args.config, f"out_dir={run_dir}", f"data.shards={shard_dirs['mini_train']}",
-             f"schedule.total_steps={args.steps}", "--resume", "auto"])  # each rank sizes its thread pools (train.dist)
+        run(train_command(args.config, run_dir, shard_dirs["mini_train"], args.steps, args.nproc))
 
     header(4, n, "loopback HTTP server for the val shards")
     results = {}

@@ -34,7 +34,7 @@ def test_variants_resolve_to_the_intended_models(abl, tmp_path):
     flags = {}
     for p in plan:
         assert p.dir == tmp_path / "ablation" / f"{p.variant}_seed3"
-        cmd = abl.train_command("python", args, p, tmp_path / "train")
+        cmd = [str(c) for c in abl.train_command(args, p, tmp_path / "train")]
         overrides = cmd[cmd.index("--config") + 2:cmd.index("--resume")]
         cfg = load_train_config(ROOT / args.config, overrides)
         assert cfg.seed == 3 and cfg.schedule.total_steps == 5 and cfg.out_dir == p.dir
