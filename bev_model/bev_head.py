@@ -7,6 +7,11 @@ reference points are the proposals' BEV centres, their content an MLP encoding o
 the reference point. Each layer: self-attention, deformable cross-attention into the BEV (one level),
 FFN (post-norm). After each layer a regression branch refines the reference points
 (``ref <- sigmoid(delta + logit(ref))``, detached between layers).
+
+Group-DETR (``HeadConfig.group_detr = G > 1``, training only): the decoder runs G query groups side by
+side, ``[learned_0, hybrid, learned_1, hybrid, ...]``, each ``Q + K`` long; self-attention stays
+inside each group, so every group is a complete detector and can be matched one-to-one
+with the GT on its own (:class:`bev_model.losses.SetCriterion`). In eval mode only group 0 runs.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ def mlp(dims: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _interleave_groups(learned: torch.Tensor, hybrid: torch.Tensor | None, size: int) -> torch.Tensor:
+    """``learned [B, G*size, X]`` + ``hybrid [B, K, X]`` (or None) -> ``[B, G*(size+K), X]``, groups in order."""
+    if hybrid is None:
+        return learned
+    return torch.cat([t for chunk in learned.split(size, 1) for t in (chunk, hybrid)], 1)
+
+
 class DecoderLayer(nn.Module):
     """Self-attention -> norm -> deformable cross-attention into the BEV -> norm -> FFN -> norm."""
 
@@ -48,10 +60,16 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dims)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, query, pos, ref_xy, value, shapes, starts):
-        """query, pos ``[B, Q, C]``; ref_xy ``[B, Q, 2]`` in [0, 1]; value ``[B, H*W, C]`` -> ``[B, Q, C]``."""
-        q = query + pos
-        query = self.norm1(query + self.dropout(self.self_attn(q, q, query, need_weights=False)[0]))
+    def forward(self, query, pos, ref_xy, value, shapes, starts, groups: int = 1):
+        """query, pos ``[B, Q, C]``; ref_xy ``[B, Q, 2]`` in [0, 1]; value ``[B, H*W, C]`` -> ``[B, Q, C]``.
+
+        ``groups``: the Q queries are ``groups`` equal groups; self-attention stays inside each group (the
+        groups are folded into the batch for it, G times cheaper than a block-diagonal mask).
+        """
+        B, Q, C = query.shape
+        q = (query + pos).reshape(B * groups, Q // groups, C)
+        sa = self.self_attn(q, q, query.reshape(B * groups, Q // groups, C), need_weights=False)[0]
+        query = self.norm1(query + self.dropout(sa.reshape(B, Q, C)))
         att = self.cross_attn(query + pos, ref_xy[:, :, None], value, shapes, starts)
         query = self.norm2(query + self.dropout(att))
         return self.norm3(self.ffn(query))
@@ -71,7 +89,7 @@ class BEVHead(nn.Module):
         self.cfg = cfg
         self.coder = coder
         self.num_classes = num_classes
-        self.query_embed = nn.Embedding(cfg.num_queries, 2 * dims)
+        self.query_embed = nn.Embedding(cfg.num_queries * cfg.group_detr, 2 * dims)  # G groups of Q
         self.ref_points = nn.Linear(dims, 3)
         self.layers = nn.ModuleList(DecoderLayer(dims, cfg, backend) for _ in range(cfg.num_layers))
         self.cls_branches = nn.ModuleList(
@@ -106,31 +124,38 @@ class BEVHead(nn.Module):
         feats = torch.nan_to_num(feats).to(dtype)
         return self.proposal_content(feats), self.proposal_pos(ref.to(dtype)), ref
 
+    def num_groups(self) -> int:
+        """Query groups that run now: ``group_detr`` in training, 1 in eval mode."""
+        return self.cfg.group_detr if self.training else 1
+
     def forward(self, bev: torch.Tensor, proposals: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             bev: ``[B, C, H, W]`` fused BEV features.
             proposals: optional first-stage proposals (see :meth:`encode_proposals`), ``K`` per sample.
         Returns:
-            ``cls [Ly, B, Q, num_classes]`` logits, ``codes [Ly, B, Q, 10]`` (centre in metres, see BoxCoder),
-            ``attr [Ly, B, Q, A]`` logits, ``ref [B, Q, 3]`` the initial reference points; ``Q = num_queries (+ K)``.
+            ``cls [Ly, B, G*Q', num_classes]`` logits, ``codes [Ly, B, G*Q', 10]`` (centre in metres, see
+            BoxCoder), ``attr [Ly, B, G*Q', A]`` logits, ``ref [B, G*Q', 3]`` the initial reference points,
+            ``groups`` = G (:meth:`num_groups`); ``Q' = num_queries (+ K)``, group g is ``[g*Q', (g+1)*Q')``.
         """
         B, C, H, W = bev.shape
+        G, Q = self.num_groups(), self.cfg.num_queries
         value = bev.flatten(2).transpose(1, 2)  # [B, H*W, C]
         shapes = torch.tensor([[H, W]], dtype=torch.long, device=bev.device)
         starts = torch.zeros(1, dtype=torch.long, device=bev.device)
-        pos, content = self.query_embed.weight.to(bev.dtype).split(C, -1)
-        ref = self.ref_points(pos).float().sigmoid()[None].expand(B, -1, -1)  # refinement runs in fp32
-        pos, query = pos[None].expand(B, -1, -1), content[None].expand(B, -1, -1)
+        pos, content = self.query_embed.weight[: G * Q].to(bev.dtype).split(C, -1)  # [G*Q, C] each
+        ref = self.ref_points(pos).float().sigmoid()  # [G*Q, 3]; refinement runs in fp32
+        learned = [t[None].expand(B, -1, -1) for t in (content, pos, ref)]
+        hybrid = [None, None, None]
         if self.hybrid and proposals is not None:
             h_query, h_pos, h_ref = self.encode_proposals(proposals)
-            query = torch.cat([query, h_query.to(query.dtype)], 1)
-            pos = torch.cat([pos, h_pos.to(pos.dtype)], 1)
-            ref = torch.cat([ref, h_ref], 1)
+            hybrid = [h_query.to(bev.dtype), h_pos.to(bev.dtype), h_ref]
+        # [B, G*Q', .]: group g = its Q learned queries, then the K hybrid ones
+        query, pos, ref = (_interleave_groups(lt, ht, Q) for lt, ht in zip(learned, hybrid))
         init_ref = ref
         cls_out, code_out, attr_out = [], [], []
         for i, layer in enumerate(self.layers):
-            query = layer(query, pos, ref[..., :2], value, shapes, starts)
+            query = layer(query, pos, ref[..., :2], value, shapes, starts, G)
             delta = self.reg_branches[i](query).float()
             new_ref = (delta[..., :3] + inverse_sigmoid(ref)).sigmoid()
             code_out.append(torch.cat([self.coder.denormalize_xyz(new_ref), delta[..., 3:]], -1))
@@ -138,4 +163,4 @@ class BEVHead(nn.Module):
             attr_out.append(self.attr_branches[i](query).float())
             ref = new_ref.detach()
         return {"cls": torch.stack(cls_out), "codes": torch.stack(code_out), "attr": torch.stack(attr_out),
-                "ref": init_ref}
+                "ref": init_ref, "groups": G}

@@ -109,9 +109,17 @@ class TemporalConfig:
 
 @dataclass
 class HeadConfig:
-    """Deformable-DETR BEV head with iterative refinement, learned + hybrid queries, and its losses."""
+    """Deformable-DETR BEV head with iterative refinement, learned + hybrid queries, and its losses.
+
+    ``group_detr``: Group-DETR one-to-many training (Chen et al. 2022, used by the BEVFormer v2 configs
+    with 11 groups): in training the decoder runs ``group_detr`` independent query groups (each with its
+    own learned queries plus a copy of the hybrid queries; self-attention stays inside a group), each
+    group is matched one-to-one with the GT and the losses are averaged over groups. Inference runs
+    group 0 only, so the deployed model and its cost do not change. 1 = plain DETR.
+    """
 
     num_queries: int = 900
+    group_detr: int = 1
     num_hybrid: int = 300
     hybrid: bool = True
     proposal_nms_radius: float = 1.0
@@ -204,5 +212,7 @@ class ModelConfig:
             raise ConfigError(f"config key 'attn_backend': {self.attn_backend!r} is not auto/reference/cpu/triton")
         if self.lambda_pers < 0 or self.lambda_bev < 0:
             raise ConfigError("config keys 'lambda_bev'/'lambda_pers' must be >= 0")
+        if self.head.group_detr < 1:
+            raise ConfigError(f"config key 'head.group_detr' ({self.head.group_detr}) must be >= 1")
         if self.head.max_detections > 300:
             raise ConfigError(f"config key 'head.max_detections' ({self.head.max_detections}) must be <= 300")

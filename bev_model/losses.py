@@ -2,7 +2,9 @@
 
 Per decoder layer: sigmoid focal loss over all queries (``weight_cls`` 2.0), code-weighted L1 on the
 matched boxes (``weight_box`` 0.75; NaN velocities masked), attribute cross-entropy on matched boxes
-that have one (``weight_attr``). Each normalised by the number of GT boxes.
+that have one (``weight_attr``). Each normalised by the number of GT boxes. With Group-DETR
+(``outputs["groups"] = G > 1``) each group of queries is matched and scored on its own and the terms
+are averaged over the G groups, so their scale does not depend on G.
 """
 
 from __future__ import annotations
@@ -63,18 +65,24 @@ class SetCriterion(nn.Module):
                 gt_attrs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """
         Args:
-            outputs: ``cls [Ly, B, Q, C]``, ``codes [Ly, B, Q, 10]``, ``attr [Ly, B, Q, A]``.
+            outputs: ``cls [Ly, B, G*Q, C]``, ``codes [Ly, B, G*Q, 10]``, ``attr [Ly, B, G*Q, A]``,
+                optional ``groups`` = G (query groups of equal size, default 1).
             gt_boxes: list of ``[G_b, 9]``; gt_labels: list of ``[G_b]``; gt_attrs: list of ``[G_b]``.
         Returns:
             ``{"cls", "box", "attr"}`` for the last layer and ``{"d{i}.cls", ...}`` for the earlier ones.
         """
         gt_codes = [self.coder.encode(b.float()) for b in gt_boxes]
         num_gt = max(float(sum(int(lab.numel()) for lab in gt_labels)), 1.0)
-        n_layers = outputs["cls"].shape[0]
-        losses = {}
+        n_layers, _, n_queries = outputs["cls"].shape[:3]
+        groups = int(outputs.get("groups", 1))
+        size = n_queries // groups
+        losses: dict[str, torch.Tensor] = {}
         for i in range(n_layers):
-            terms = self.layer_loss(outputs["cls"][i], outputs["codes"][i], outputs["attr"][i], gt_labels, gt_codes,
-                                    gt_attrs, num_gt)
             prefix = "" if i == n_layers - 1 else f"d{i}."
-            losses.update({prefix + k: v for k, v in terms.items()})
+            for g in range(groups):
+                sl = slice(g * size, (g + 1) * size)
+                terms = self.layer_loss(outputs["cls"][i][:, sl], outputs["codes"][i][:, sl], outputs["attr"][i][:, sl],
+                                        gt_labels, gt_codes, gt_attrs, num_gt)
+                for k, v in terms.items():
+                    losses[prefix + k] = losses.get(prefix + k, 0.0) + v / groups
         return losses

@@ -4,7 +4,8 @@
   150 learned + 50 hybrid queries, t2 temporal fusion. Meant for CPU training on small images
   (6 cameras x about 128x352).
 * ``r50``: the official BEVFormer v2 R50 t2 shapes: 200x200 BEV at 0.512 m, 6 encoder layers,
-  900 learned queries (+300 hybrid), 6 decoder layers; frozen stem + stage 1, BN in eval mode.
+  900 learned queries (+300 hybrid), 6 decoder layers, Group-DETR with 11 groups in training (as the
+  official configs); frozen stem + stage 1, BN in eval mode.
 * ``large``: ConvNeXt-XL (``convnext_xlarge``) with gradient checkpointing, otherwise r50 shapes;
   meant for DeepSpeed ZeRO-3.
 
@@ -60,7 +61,7 @@ def _r50() -> ModelConfig:
         perspective=PerspectiveConfig(num_convs=4),
         encoder=EncoderConfig(bev_h=200, bev_w=200, embed_dims=256, num_layers=6, num_points=8, num_z_anchors=4),
         temporal=TemporalConfig(offsets=(-1, 0), num_blocks=2),
-        head=HeadConfig(num_queries=900, num_hybrid=300, num_layers=6),
+        head=HeadConfig(num_queries=900, num_hybrid=300, num_layers=6, group_detr=11),
     )
 
 

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames-per-scene", type=int, default=30)
     ap.add_argument("--image-size", default="640x360")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=500, help="training budget in optimizer steps")
+    ap.add_argument("--steps", type=int, default=400, help="training budget in optimizer steps")
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--nproc", type=int, default=2)
     args = ap.parse_args(argv)

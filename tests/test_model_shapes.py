@@ -92,6 +92,7 @@ def test_r50_forward_with_a_tiny_image():
     # test, so the grid is overridden to 50x50 (cells 2.048 m); everything else is the preset.
     cfg = model_config_from_dict({"preset": "r50", "encoder": {"bev_h": 50, "bev_w": 50}})
     assert cfg.encoder.num_layers == 6 and cfg.head.num_queries == 900 and cfg.head.num_layers == 6
+    assert cfg.head.group_detr == 11
     torch.manual_seed(0)
     model = build_model(cfg)
     assert model.strides == [8, 16, 32, 64, 128]
