@@ -12,8 +12,11 @@
 3. Steps/s of the demo config (``configs/demo.yaml``) with each rank's numba pool at numba's default
    (one thread per core, the baseline) beside ``train.dist.share_cpu_threads`` (the cores divided
    among the local ranks), same run, same shards.
+4. Steps/s of the demo config with Group-DETR (``model.head.group_detr=4``: four query groups in the
+   decoder, each matched on its own) beside the plain one-to-one head (the baseline), same run.
 
     python benchmarks/bench_train.py                  # all parts
+    python benchmarks/bench_train.py --part groups --steps 12 --shards demo_out/shards/mini_train
     python benchmarks/bench_train.py --part threads --steps 8 --shards demo_out/shards/mini_train
     python benchmarks/bench_train.py --part memory --backbone convnext_base   # smaller large-class model
 """
@@ -269,9 +272,21 @@ def run_threads(shards: Path, work: Path, steps: int) -> None:
           f"{ours['steps_per_s'] / base['steps_per_s']:.2f}x")
 
 
+def run_groups(shards: Path, work: Path, steps: int, groups: int = 4) -> None:
+    """The demo config on 2 CPU ranks: one-to-one head (baseline) vs Group-DETR with ``groups`` groups."""
+    base = _timed_run(shards, work / "groups_1", steps, "configs/demo.yaml", [], None, "group_detr=1")
+    grouped = _timed_run(shards, work / f"groups_{groups}", steps, "configs/demo.yaml",
+                         [f"model.head.group_detr={groups}"], None, f"group_detr={groups}")
+    print(f"\nDemo config, 2 CPU ranks, {steps} steps (first excluded):")
+    print(f"{'BEV head in training':>30} | {'steps/s':>8} | ratio")
+    print(f"{'one-to-one (baseline)':>30} | {base['steps_per_s']:8.3f} | 1.00x")
+    print(f"{f'Group-DETR, {groups} groups':>30} | {grouped['steps_per_s']:8.3f} | "
+          f"{grouped['steps_per_s'] / base['steps_per_s']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "memory", "throughput", "threads"], default="all")
+    ap.add_argument("--part", choices=["all", "memory", "throughput", "threads", "groups"], default="all")
     ap.add_argument("--backbone", default=None, help="timm backbone replacing convnext_xlarge in the memory part")
     ap.add_argument("--stages", default="0,1,2,3", help="ZeRO stages of the memory part (the first is the baseline)")
     ap.add_argument("--steps", type=int, default=10, help="tiny steps per throughput run")
@@ -294,6 +309,8 @@ def main() -> None:
             run_throughput(shards, work, args.steps)
         if args.part in ("all", "threads"):
             run_threads(shards, work, args.steps)
+        if args.part in ("all", "groups"):
+            run_groups(shards, work, args.steps)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None, need_model: bool = True) -> argpar
     ap.add_argument("--retry-backoff", type=float, default=0.2, help="seconds before the first retry")
     ap.add_argument("--pictures", type=int, default=3, help="samples to draw (cameras + BEV)")
     ap.add_argument("--score-thr", type=float, default=0.3, help="score threshold of drawn predictions")
+    ap.add_argument("--max-drawn", type=int, default=100,
+                    help="draw at most this many predictions per picture, best first (with --score-thr 0: the "
+                         "best N whatever their score, for a model whose scores are all low)")
     ap.add_argument("--curves", choices=("all", "classes", "none"), default="all",
                     help="devkit PR/TP curve plots: all (as DetectionEval.render), classes (without the slow "
                          "summary plot) or none")
@@ -180,8 +183,10 @@ def pictures(args: argparse.Namespace, out: Path, views: list) -> list[Path]:
 
     paths = []
     for v in views:
-        paths.append(draw_cameras(v, out / "samples" / f"{v.sample_token}_cameras.png", score_thr=args.score_thr))
-        paths.append(draw_bev(v, out / "samples" / f"{v.sample_token}_bev.png", score_thr=args.score_thr))
+        paths.append(draw_cameras(v, out / "samples" / f"{v.sample_token}_cameras.png", score_thr=args.score_thr,
+                                  max_boxes=args.max_drawn))
+        paths.append(draw_bev(v, out / "samples" / f"{v.sample_token}_bev.png", score_thr=args.score_thr,
+                              max_boxes=args.max_drawn))
     return paths
 
 

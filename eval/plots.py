@@ -87,6 +87,11 @@ def _shown_preds(view: SampleView, score_thr: float, max_boxes: int) -> np.ndarr
     return order[:max_boxes]
 
 
+def _pred_rule(score_thr: float, max_boxes: int) -> str:
+    """How the drawn predictions were chosen, for titles."""
+    return f"best {max_boxes}" if score_thr <= 0 else f"score >= {score_thr}, at most {max_boxes}"
+
+
 def _draw_boxes_2d(ax, boxes: np.ndarray, ego2img: np.ndarray, size: tuple[int, int], color, lw: float) -> int:
     """Project ``[N, 9]`` boxes' corners with ``ego2img [4, 4]`` and draw the edges in front of the camera."""
     if len(boxes) == 0:
@@ -126,7 +131,8 @@ def draw_cameras(view: SampleView, path: str | Path, score_thr: float = 0.3, max
             ax.set_ylim(h, 0)
             ax.set_title(f"{cam}  gt {n_gt}  pred {n_pr}", fontsize=9)
             ax.axis("off")
-    fig.suptitle(f"{view.sample_token}: GT green, predictions red (score >= {score_thr})", fontsize=10)
+    fig.suptitle(f"{view.sample_token}: GT green, predictions red ({_pred_rule(score_thr, max_boxes)})",
+                 fontsize=10)
     return _save(fig, path)
 
 
@@ -166,7 +172,8 @@ def draw_bev(view: SampleView, path: str | Path, score_thr: float = 0.3, max_box
     ax.set_xlabel("ego x (m, forward)")
     ax.set_ylabel("ego y (m, left)")
     n_gt, n_pred = len(view.gt_boxes), len(keep)
-    ax.set_title(f"{view.sample_token}: {n_gt} GT (green), {n_pred} predictions >= {score_thr} (red)", fontsize=9)
+    ax.set_title(f"{view.sample_token}: {n_gt} GT (green), {n_pred} predictions (red; "
+                 f"{_pred_rule(score_thr, max_boxes)})", fontsize=9)
     return _save(fig, path)
 
 

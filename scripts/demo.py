@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
              "--shards", url, "--out", const_json])
         common = ["--shards", url, "--curves", "classes"]
         for name, extra in (
-            ("trained", ["--checkpoint", final]),
+            # pictures: the model's best 20 boxes per sample, whatever their score (a short CPU budget
+            # leaves every score low, and a fixed threshold would draw nothing)
+            ("trained", ["--checkpoint", final, "--score-thr", "0", "--max-drawn", "20"]),
             ("untrained", ["--checkpoint", final, "--random-init", "--pictures", "0", "--curves", "none"]),
             ("constant", ["--predictions", const_json, "--pictures", "0", "--curves", "none"]),
         ):
