@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None, need_model: bool = True) -> argpar
     ap.add_argument("--no-curves", action="store_const", const="none", dest="curves", help="same as --curves none")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.max_drawn < 0:
+        ap.error(f"--max-drawn must be >= 0, got {args.max_drawn}")
     if need_model and args.predictions is None and args.checkpoint is None:
         ap.error("one of --checkpoint or --predictions is required")
     if args.max_samples is not None and args.max_samples < 1:

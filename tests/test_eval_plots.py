@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from eval.__main__ import parse_args
 from eval.plots import _pred_rule, _shown_preds
@@ -19,3 +20,5 @@ def test_drawn_predictions_follow_threshold_and_cap():
 def test_max_drawn_is_a_cli_option():
     args = parse_args(["--shards", "s", "--checkpoint", "c", "--score-thr", "0", "--max-drawn", "20"])
     assert args.max_drawn == 20 and args.score_thr == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["--shards", "s", "--checkpoint", "c", "--max-drawn", "-1"])
