@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from train.config import load_train_config
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -113,16 +115,25 @@ def train_command(config: str, run_dir: Path, train_shards: Path, steps: int, np
             *overrides, "--resume", "auto"]
 
 
+def run_budget(run_dir: Path) -> int | None:
+    """``schedule.total_steps`` of the training run already in ``run_dir`` (None: no checkpoint there)."""
+    configs = sorted((run_dir / "checkpoints").glob("step_*/config.yaml"))
+    return load_train_config(configs[-1], []).schedule.total_steps if configs else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "demo_out")
     ap.add_argument("--frames-per-scene", type=int, default=30)
     ap.add_argument("--image-size", default="640x360")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=400, help="training budget in optimizer steps")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training budget in optimizer steps (default: the config's schedule.total_steps)")
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--nproc", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.steps is None:
+        args.steps = load_train_config(ROOT / args.config, []).schedule.total_steps
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = 6
@@ -138,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     header(3, n, f"train tiny, DeepSpeed ZeRO-2 on {args.nproc} CPU ranks, {args.steps} steps")
     run_dir = out / "run"
     final = run_dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
+    budget = run_budget(run_dir)
+    if budget is not None and budget != args.steps:  # its step_{steps} would be a mid-run checkpoint
+        print(f"  {run_dir} holds a run of {budget} steps; starting over for {args.steps}")
+        shutil.rmtree(run_dir)
     if (final / "complete").is_file():
         print(f"  reusing {final}")
     else:

@@ -86,3 +86,17 @@ def test_small_worlds_get_shards_small_enough_for_every_rank(abl, tmp_path):
     assert abl.shard_size_mb(tmp_path / "world", nproc=2) == pytest.approx(2.0)
     (cam / "b.jpg").write_bytes(b"\0" * 90 * 2**20)
     assert abl.shard_size_mb(tmp_path / "world", nproc=2) == abl.DEMO_SHARD_MB  # large worlds: the demo's size
+
+
+def test_demo_knows_the_budget_of_an_existing_run(abl, tmp_path):
+    """``make demo`` must not take a longer run's mid-run checkpoint ``step_{steps}`` for a finished one."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    assert abl.DEMO.run_budget(run_dir) is None
+    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    cfg["schedule"]["total_steps"] = 500
+    ckpt = run_dir / "checkpoints" / "step_00000400"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert abl.DEMO.run_budget(run_dir) == 500
