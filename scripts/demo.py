@@ -28,7 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from train.config import load_train_config
+from shards.typed_config import from_dict, load_yaml
+from train.config import ScheduleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -115,10 +116,16 @@ def train_command(config: str, run_dir: Path, train_shards: Path, steps: int, np
             *overrides, "--resume", "auto"]
 
 
+def config_steps(path: Path) -> int:
+    """``schedule.total_steps`` of a training config YAML (only its ``schedule`` section is checked: the whole
+    config's checks want the shards to exist, which on a fresh machine they do not yet)."""
+    return from_dict(ScheduleConfig, load_yaml(path).get("schedule", {}), "schedule").total_steps
+
+
 def run_budget(run_dir: Path) -> int | None:
     """``schedule.total_steps`` of the training run already in ``run_dir`` (None: no checkpoint there)."""
     configs = sorted((run_dir / "checkpoints").glob("step_*/config.yaml"))
-    return load_train_config(configs[-1], []).schedule.total_steps if configs else None
+    return config_steps(configs[-1]) if configs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nproc", type=int, default=2)
     args = ap.parse_args(argv)
     if args.steps is None:
-        args.steps = load_train_config(ROOT / args.config, []).schedule.total_steps
+        args.steps = config_steps(ROOT / args.config)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = 6

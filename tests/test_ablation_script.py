@@ -100,3 +100,4 @@ def test_demo_knows_the_budget_of_an_existing_run(abl, tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert abl.DEMO.run_budget(run_dir) == 500
+    assert abl.DEMO.config_steps(ROOT / "configs" / "demo.yaml") > 0  # no shards needed (fresh machine)
