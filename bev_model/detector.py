@@ -4,7 +4,7 @@
 ``total = lambda_bev * sum(bev.*) + lambda_pers * sum(pers.*)``. ``predict(batch, history=None)``
 returns per-sample detections in the un-augmented ego frame of the current frame.
 
-Batch (any object with these attributes; see CONTRACTS.md): ``imgs [B, T, N, 3, H, W]`` RGB in [0, 1],
+Batch (any object with these attributes; see docs/CONTRACTS.md): ``imgs [B, T, N, 3, H, W]`` RGB in [0, 1],
 ``ego2img [B, T, N, 4, 4]``, ``intrinsics [B, T, N, 3, 3]``, ``bev_aug [B, 4, 4]`` (optional),
 ``cur_from_prev [B, T, 4, 4]``, ``valid_prev [B, T]``, ``ego2global [B, T, 4, 4]`` (for history),
 ``gt_boxes/gt_labels/gt_attrs`` (+ optional ``gt_num_pts``, ``gt_visibility``) lists, ``scene_token``.

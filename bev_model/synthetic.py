@@ -38,7 +38,7 @@ CLASS_SIZES = {  # (l, w, h) metres
 
 
 SyntheticBatch = Batch
-"""Synthetic batches are real ``pipeline.batch.Batch`` objects (CONTRACTS.md)."""
+"""Synthetic batches are real ``pipeline.batch.Batch`` objects (docs/CONTRACTS.md)."""
 
 
 def camera_rig(image_hw: tuple[int, int], num_cams: int = 6) -> tuple[np.ndarray, np.ndarray]:
