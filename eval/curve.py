@@ -116,8 +116,8 @@ def render(points: list[CurvePoint], baselines: dict[str, dict], path: Path, tit
 
 
 def format_rows(points: list[CurvePoint]) -> str:
-    lines = [f"{'step':>8} {'mAP':>8} {'NDS':>8} {'car AP':>8}"]
-    lines += [f"{p.step:>8d} {p.mAP:>8.4f} {p.NDS:>8.4f} {p.car_AP:>8.4f}" for p in points]
+    lines = [f"{'step':>10} {'mAP':>8} {'NDS':>8} {'car AP':>8}"]
+    lines += [f"{p.step:>10d} {p.mAP:>8.4f} {p.NDS:>8.4f} {p.car_AP:>8.4f}" for p in points]
     return "\n".join(lines)
 
 
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     picture = render(points, baselines, out / "curve.png", args.title or f"learning curve: {run_dir}")
     print(format_rows(points))
     for name, s in baselines.items():
-        print(f"{name:>8} {float(s['mean_ap']):>8.4f} {float(s['nd_score']):>8.4f} "
+        print(f"{name:>10} {float(s['mean_ap']):>8.4f} {float(s['nd_score']):>8.4f} "
               f"{float(s['mean_dist_aps']['car']):>8.4f}")
     print(f"wrote {out / 'curve.json'} and {picture}")
     return EXIT_OK
