@@ -62,15 +62,13 @@ def point_from_summary(step: int, path: Path) -> CurvePoint:
                       car_AP=float(s["mean_dist_aps"]["car"]), summary=str(path))
 
 
-def _reusable(path: Path, shards: str, max_samples: int | None) -> bool:
-    """An earlier evaluation of this checkpoint that scored the same shards completely."""
+def _reusable(path: Path, shards: str, num_samples: int) -> bool:
+    """An earlier evaluation of this checkpoint that scored ``num_samples`` samples of the same shards."""
     try:
         s = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    expected = s.get("num_samples_expected")
-    return (s.get("complete") is True and s.get("shards") == shards
-            and (max_samples is None or expected == max_samples))
+    return s.get("complete") is True and s.get("shards") == shards and s.get("num_samples_expected") == num_samples
 
 
 def select_checkpoints(run_dir: Path, every: int) -> list[tuple[int, Path]]:
@@ -131,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                          "(and the last one)")
     ap.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
     ap.add_argument("--num-workers", type=int, default=1, help="loader worker processes of each evaluation")
+    ap.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (e.g. MinIO / moto), as for python -m eval")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=SUMMARY",
                     help="an earlier eval's metrics_summary.json, drawn as a dashed line (repeatable)")
     ap.add_argument("--title", default=None, help="picture title (default: the run directory)")
@@ -145,23 +144,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from eval.__main__ import EvalInputError, load_shard_ground_truth
     from eval.__main__ import main as eval_main
+    from pipeline.urls import IOOptions
 
     run_dir = Path(args.run)
     out = Path(args.out) if args.out else run_dir / "curve"
     baselines = dict(parse_baseline(b) for b in args.baseline)
     checkpoints = select_checkpoints(run_dir, args.every)
+    try:
+        gt, _ = load_shard_ground_truth(args.shards, IOOptions(s3_endpoint_url=args.s3_endpoint_url))
+    except EvalInputError as e:
+        raise CurveInputError(str(e)) from e
+    num_samples = len(gt.order[: args.max_samples] if args.max_samples else gt.order)
     points: list[CurvePoint] = []
     bar = tqdm(checkpoints, desc="curve", unit="ckpt")
     for step, ckpt in bar:
         step_out = out / ckpt.name
         summary = step_out / "metrics_summary.json"
-        if not _reusable(summary, args.shards, args.max_samples):
+        if not _reusable(summary, args.shards, num_samples):
             bar.set_postfix_str(f"evaluating step {step}")
             argv = ["--shards", args.shards, "--checkpoint", str(ckpt), "--out", str(step_out), "--pictures", "0",
                     "--curves", "none", "--no-progress", "--num-workers", str(args.num_workers)]
             if args.max_samples:
                 argv += ["--max-samples", str(args.max_samples)]
+            if args.s3_endpoint_url:
+                argv += ["--s3-endpoint-url", args.s3_endpoint_url]
             code = eval_main(argv)
             if code != 0 or not summary.is_file():
                 print(f"error: evaluating {ckpt} failed (exit {code}); output under {step_out}", file=sys.stderr)

@@ -63,12 +63,15 @@ def test_curve_scores_every_complete_checkpoint_and_resumes(run_dir, synth_shard
     again = json.loads((out / "curve.json").read_text())
     assert again["points"] == record["points"] and again["baselines"]["untrained"]["mAP"] == record["points"][0]["mAP"]
 
-    # another sample count is another evaluation: the summaries on disk are not reused
-    calls = []
-    monkeypatch.setattr(eval_cli, "main", lambda argv: calls.append(argv) or 3)
-    assert main(common[:-4] + ["--max-samples", "1", "--num-workers", "0"]) == 2
-    assert len(calls) == 1 and "1" in calls[0]
-    assert "failed (exit 3)" in capsys.readouterr().err
+    # another sample count is another evaluation: the 2-sample summaries are not reused for 1 sample, nor
+    # for the whole split (no --max-samples)
+    for extra in (["--max-samples", "1"], []):
+        calls = []
+        monkeypatch.setattr(eval_cli, "main", lambda argv, calls=calls: calls.append(argv) or 3)
+        assert main(common[:-4] + extra + ["--num-workers", "0"]) == 2
+        assert len(calls) == 1
+        assert calls[0][-2:] == extra if extra else "--max-samples" not in calls[0]
+        assert "failed (exit 3)" in capsys.readouterr().err
 
 
 def test_curve_bad_input_names_the_culprit(run_dir, tmp_path, capsys):
@@ -82,5 +85,8 @@ def test_curve_bad_input_names_the_culprit(run_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"mean_ap": 0.1}))
     assert main(["--run", str(run_dir), "--shards", "unused", "--baseline", f"x={bad}"]) == 2
     assert "not an eval summary" in capsys.readouterr().err
+    missing = tmp_path / "no_shards_here"
+    assert main(["--run", str(run_dir), "--shards", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--run", str(run_dir), "--shards", "unused", "--every", "0"])
