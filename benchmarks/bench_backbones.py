@@ -71,14 +71,14 @@ def main() -> None:
     image_hw = tuple(args.image)
     names = [BASELINE] + [n for n in args.names if n != BASELINE]
     built = {n: _build(n, image_hw) for n in names}
-    images = {n: torch.rand(6, 3, *image_hw) for n in names}
+    images = torch.rand(6, 3, *image_hw)  # the same 6 camera images for every candidate
     times: dict[str, dict[str, list[float]]] = {n: {"backbone": [], "model": []} for n in names}
-    for n, (model, batch, _) in built.items():  # warm-up (numba JIT, allocator)
-        _time_backbone(model, images[n])
+    for model, batch, _ in built.values():  # warm-up (numba JIT, allocator)
+        _time_backbone(model, images)
         _time_model(model, batch)
     for _ in range(args.rounds):
         for n, (model, batch, _) in built.items():
-            times[n]["backbone"].append(_time_backbone(model, images[n]))
+            times[n]["backbone"].append(_time_backbone(model, images))
             times[n]["model"].append(_time_model(model, batch))
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
     base = med[BASELINE]

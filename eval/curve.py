@@ -56,19 +56,23 @@ def parse_baseline(spec: str) -> tuple[str, dict]:
     return name, summary
 
 
-def point_from_summary(step: int, path: Path) -> CurvePoint:
-    s = json.loads(path.read_text())
+def read_summary(path: Path) -> dict | None:
+    """An eval's ``metrics_summary.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def point_from_summary(step: int, s: dict, path: Path) -> CurvePoint:
     return CurvePoint(step=step, mAP=float(s["mean_ap"]), NDS=float(s["nd_score"]),
                       car_AP=float(s["mean_dist_aps"]["car"]), summary=str(path))
 
 
-def _reusable(path: Path, shards: str, num_samples: int) -> bool:
+def _reusable(s: dict | None, shards: str, num_samples: int) -> bool:
     """An earlier evaluation of this checkpoint that scored ``num_samples`` samples of the same shards."""
-    try:
-        s = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return s.get("complete") is True and s.get("shards") == shards and s.get("num_samples_expected") == num_samples
+    return (s is not None and s.get("complete") is True and s.get("shards") == shards
+            and s.get("num_samples_expected") == num_samples)
 
 
 def select_checkpoints(run_dir: Path, every: int) -> list[tuple[int, Path]]:
@@ -162,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     for step, ckpt in bar:
         step_out = out / ckpt.name
         summary = step_out / "metrics_summary.json"
-        if not _reusable(summary, args.shards, num_samples):
+        found = read_summary(summary)
+        if not _reusable(found, args.shards, num_samples):
             bar.set_postfix_str(f"evaluating step {step}")
             argv = ["--shards", args.shards, "--checkpoint", str(ckpt), "--out", str(step_out), "--pictures", "0",
                     "--curves", "none", "--no-progress", "--num-workers", str(args.num_workers)]
@@ -171,10 +176,11 @@ def run(args: argparse.Namespace) -> int:
             if args.s3_endpoint_url:
                 argv += ["--s3-endpoint-url", args.s3_endpoint_url]
             code = eval_main(argv)
-            if code != 0 or not summary.is_file():
+            found = read_summary(summary) if code == 0 else None
+            if found is None:
                 print(f"error: evaluating {ckpt} failed (exit {code}); output under {step_out}", file=sys.stderr)
                 return EXIT_INPUT
-        points.append(point_from_summary(step, summary))
+        points.append(point_from_summary(step, found, summary))
     out.mkdir(parents=True, exist_ok=True)
     record = {"run": str(run_dir), "shards": args.shards, "points": [asdict(p) for p in points],
               "baselines": {k: {"mAP": v["mean_ap"], "NDS": v["nd_score"]} for k, v in baselines.items()}}
