@@ -18,6 +18,7 @@ from shards.conventions import CAMERAS
 
 from .config import EncoderConfig
 from .ops import MSDeformAttn
+from .precision import float32_geometry
 
 
 def pillar_points(cfg: EncoderConfig) -> torch.Tensor:
@@ -30,6 +31,7 @@ def pillar_points(cfg: EncoderConfig) -> torch.Tensor:
     return torch.stack([gx, gy, gz], -1).reshape(cfg.bev_h * cfg.bev_w, cfg.num_z_anchors, 3)
 
 
+@float32_geometry
 def project_pillars(points: torch.Tensor, ego2img: torch.Tensor, image_hw: tuple[int, int],
                     eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Project pillar points into every camera.

@@ -21,6 +21,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from .cameras import cam_xz_to_ego_xy, virtual_cameras, yaw_from_allocentric
 from .config import PerspectiveConfig
 from .perspective_targets import Locations, PerspectiveTargets
+from .precision import float32_geometry
 
 # name -> channels of the 3D/geometry outputs (class and attribute logits come from the cls tower)
 GEOMETRY = {"ltrb": 4, "centerness": 1, "offset": 2, "depth": 1, "size": 3, "rot": 2, "vel": 2, "conf3d": 1}
@@ -81,6 +82,7 @@ class PerspectiveHead(nn.Module):
         return {k: torch.cat(v, 1) for k, v in outs.items()}
 
 
+@float32_geometry
 def decode_perspective(preds: dict[str, torch.Tensor], loc: Locations, ego2img: torch.Tensor,
                        intrinsics: torch.Tensor, cfg: PerspectiveConfig) -> dict[str, torch.Tensor]:
     """Dense predictions -> 3D boxes in the (augmented) ego frame of each image's sample.

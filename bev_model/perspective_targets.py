@@ -28,6 +28,7 @@ from shards.conventions import box_corners
 
 from .cameras import allocentric_from_yaw, ego_xy_to_cam_xz, virtual_cameras
 from .config import PerspectiveConfig
+from .precision import float32_geometry
 
 
 @dataclass
@@ -166,6 +167,7 @@ def _sample_targets(boxes, labels, attrs, keep, ego2img, intrinsics, image_hw, l
 
 
 @torch.no_grad()
+@float32_geometry
 def build_perspective_targets(batch, frame: int, loc: Locations, image_hw: tuple[int, int],
                               cfg: PerspectiveConfig, num_classes: int) -> PerspectiveTargets:
     """Targets for every camera of every sample of ``batch`` at time index ``frame``.

@@ -7,6 +7,7 @@ import torch
 from shards.conventions import ATTRIBUTES, CLASS_ATTRIBUTES, CLASSES, transform_boxes
 
 from .box_coder import BoxCoder
+from .precision import float32_geometry
 
 
 def class_attribute_mask(device=None) -> torch.Tensor:
@@ -18,6 +19,7 @@ def class_attribute_mask(device=None) -> torch.Tensor:
     return mask
 
 
+@float32_geometry
 def postprocess(logits: torch.Tensor, codes: torch.Tensor, attr_logits: torch.Tensor, coder: BoxCoder,
                 bev_aug: torch.Tensor | None, max_detections: int = 300) -> list[dict[str, torch.Tensor]]:
     """Last-layer outputs -> per-sample detections in the un-augmented ego frame.

@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import float32_geometry
 
+
+@float32_geometry
 def align_bev(prev: torch.Tensor, cur_from_prev: torch.Tensor, pc_range: tuple[float, ...]) -> torch.Tensor:
     """Resample BEV maps of another frame into the current frame.
 
@@ -46,6 +49,7 @@ def align_bev(prev: torch.Tensor, cur_from_prev: torch.Tensor, pc_range: tuple[f
     return out.to(prev.dtype)
 
 
+@float32_geometry
 def augmented_transform(cur_from_prev: torch.Tensor, bev_aug_cur: torch.Tensor,
                         bev_aug_prev: torch.Tensor | None = None) -> torch.Tensor:
     """Raw ``cur_from_prev [..., 4, 4]`` -> the transform between BEV-augmented frames

@@ -133,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                          "(and the last one)")
     ap.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
     ap.add_argument("--num-workers", type=int, default=1, help="loader worker processes of each evaluation")
+    ap.add_argument("--device", default="cpu", help="model (and batch) device of each evaluation, as for python -m eval")
     ap.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (e.g. MinIO / moto), as for python -m eval")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=SUMMARY",
                     help="an earlier eval's metrics_summary.json, drawn as a dashed line (repeatable)")
@@ -175,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
                 argv += ["--max-samples", str(args.max_samples)]
             if args.s3_endpoint_url:
                 argv += ["--s3-endpoint-url", args.s3_endpoint_url]
+            if args.device != "cpu":
+                argv += ["--device", args.device]
             code = eval_main(argv)
             found = read_summary(summary) if code == 0 else None
             if found is None:

@@ -73,6 +73,12 @@ def test_curve_scores_every_complete_checkpoint_and_resumes(run_dir, synth_shard
         assert calls[0][-2:] == extra if extra else "--max-samples" not in calls[0]
         assert "failed (exit 3)" in capsys.readouterr().err
 
+    # --device reaches each evaluation (a GPU run scores its checkpoints on the GPU)
+    calls = []
+    monkeypatch.setattr(eval_cli, "main", lambda argv, calls=calls: calls.append(argv) or 3)
+    assert main(common[:-4] + ["--num-workers", "0", "--device", "cuda:1"]) == 2
+    assert calls[0][-2:] == ["--device", "cuda:1"]
+
 
 def test_curve_bad_input_names_the_culprit(run_dir, tmp_path, capsys):
     empty = tmp_path / "empty_run"

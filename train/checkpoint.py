@@ -57,8 +57,18 @@ def list_complete(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
-    """``None`` -> start fresh; ``auto`` -> newest complete checkpoint (or fresh); a path -> checked."""
+    """``None`` -> start fresh; ``auto`` -> newest complete checkpoint (or fresh); a path -> checked.
+
+    Starting fresh in an ``out_dir`` that already holds complete checkpoints is refused: the new run's
+    checkpoints would sit beside the old run's (and ``eval.curve``, ``--resume auto`` would mix them).
+    """
     if resume is None:
+        done = list_complete(out_dir)
+        if done:
+            raise FileExistsError(
+                f"out_dir {out_dir} already holds {len(done)} checkpoint(s) of an earlier run (newest: {done[-1][1].name}); "
+                "pass --resume auto to continue it, or choose another out_dir"
+            )
         return None
     if resume == "auto":
         done = list_complete(out_dir)
