@@ -140,15 +140,7 @@ def eval_command(py: str, plan: RunPlan, checkpoint: Path, val_shards: Path) -> 
 DEMO_SHARD_MB = DEMO.SHARD_MB
 
 
-def shard_size_mb(world: Path, nproc: int) -> float:
-    """The demo's shard size, smaller when the world is so small that ``mini_train`` would give some rank
-    no shard (the loader needs one per rank and worker): aim at >= 2 train shards per rank.
-
-    v1.0-mini puts 8 of its 10 scenes in ``mini_train``; the shard size follows the source files' bytes.
-    """
-    total = sum(f.stat().st_size for f in (world / "samples").rglob("*") if f.is_file())
-    train_mb = 0.8 * total / 2**20
-    return round(min(DEMO_SHARD_MB, max(0.25, train_mb / (2 * nproc))), 2)
+shard_size_mb = DEMO.shard_size_mb
 
 
 def prepare_data(args: argparse.Namespace, out: Path) -> dict[str, Path]:

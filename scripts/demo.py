@@ -99,6 +99,17 @@ def make_world(world: Path, frames_per_scene: int, image_size: str, seed: int) -
     (world / ".complete").write_text("ok\n")
 
 
+def shard_size_mb(world: Path, nproc: int) -> float:
+    """The demo's shard size (``SHARD_MB``), smaller when the world is so small that ``mini_train`` would give some rank
+    no shard (the loader needs one per rank and worker): aim at >= 2 train shards per rank.
+
+    v1.0-mini puts 8 of its 10 scenes in ``mini_train``; the shard size follows the source files' bytes.
+    """
+    total = sum(f.stat().st_size for f in (world / "samples").rglob("*") if f.is_file())
+    train_mb = 0.8 * total / 2**20
+    return round(min(SHARD_MB, max(0.25, train_mb / (2 * nproc))), 2)
+
+
 def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB) -> dict[str, Path]:
     """Build + verify ``root/{split}`` for both splits; returns split -> shard dir.
 
@@ -162,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     world = out / "world"
     make_world(world, args.frames_per_scene, args.image_size, args.seed)
 
+    nproc = 1 if args.device == "cuda" else args.nproc
     header(2, n, "shards (train + val)")
-    shard_dirs = make_shards(world, out / "shards")
+    shard_dirs = make_shards(world, out / "shards", shard_size_mb(world, nproc))
     run([PY, "-m", "shards", "info", shard_dirs["mini_train"]])
 
     train_extra, eval_extra = (GPU_TRAIN, ["--device", "cuda", "--num-workers", "4"]) if args.device == "cuda" else ([], [])
-    nproc = 1 if args.device == "cuda" else args.nproc
     where = "1 GPU (batch 2)" if args.device == "cuda" else f"{nproc} CPU ranks"
     header(3, n, f"train tiny, DeepSpeed ZeRO-2 on {where}, {args.steps} steps")
     run_dir = out / "run"
