@@ -18,10 +18,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _LOW = (torch.float16, torch.bfloat16)
 
 
-def _autocast_on() -> bool:
-    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
-
-
 def to_float32(x: Any) -> Any:
     """``x`` with every fp16/bf16 tensor (also inside dicts, lists, tuples) cast to float32; anything else as is."""
     if isinstance(x, torch.Tensor):

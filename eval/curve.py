@@ -171,13 +171,12 @@ def run(args: argparse.Namespace) -> int:
         if not _reusable(found, args.shards, num_samples):
             bar.set_postfix_str(f"evaluating step {step}")
             argv = ["--shards", args.shards, "--checkpoint", str(ckpt), "--out", str(step_out), "--pictures", "0",
-                    "--curves", "none", "--no-progress", "--num-workers", str(args.num_workers)]
+                    "--curves", "none", "--no-progress", "--num-workers", str(args.num_workers),
+                    "--device", args.device]
             if args.max_samples:
                 argv += ["--max-samples", str(args.max_samples)]
             if args.s3_endpoint_url:
                 argv += ["--s3-endpoint-url", args.s3_endpoint_url]
-            if args.device != "cpu":
-                argv += ["--device", args.device]
             code = eval_main(argv)
             found = read_summary(summary) if code == 0 else None
             if found is None:

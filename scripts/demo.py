@@ -84,7 +84,9 @@ SHARD_MB = 8.0
 """``--max-shard-mb`` of the demo's shards."""
 GPU_STEPS = 1800
 """Training budget on a GPU: the GPU learning curve in the README (about 5 minutes on one H100, mAP 0.10)."""
-GPU_TRAIN = ["data.device=cuda", "data.batch_size=2", "data.num_workers=4"]
+GPU_WORKERS = 4
+"""Loader worker processes of the GPU run (training and evaluation): the CPU decoder feeds the GPU."""
+GPU_TRAIN = ["data.device=cuda", "data.batch_size=2", f"data.num_workers={GPU_WORKERS}"]
 """On a GPU: one rank with batch 2, as many samples per step as the CPU demo's 2 ranks x 1."""
 
 
@@ -99,15 +101,16 @@ def make_world(world: Path, frames_per_scene: int, image_size: str, seed: int) -
     (world / ".complete").write_text("ok\n")
 
 
-def shard_size_mb(world: Path, nproc: int) -> float:
-    """The demo's shard size (``SHARD_MB``), smaller when the world is so small that ``mini_train`` would give some rank
-    no shard (the loader needs one per rank and worker): aim at >= 2 train shards per rank.
+def shard_size_mb(world: Path, nproc: int, workers: int = 1) -> float:
+    """The demo's shard size (``SHARD_MB``), smaller when the world is so small that ``mini_train`` would give some
+    reader no shard (the loader needs one per rank and worker): aim at >= 2 train shards per rank and >= 1 per
+    loader worker (``nproc`` ranks x ``workers``).
 
     v1.0-mini puts 8 of its 10 scenes in ``mini_train``; the shard size follows the source files' bytes.
     """
     total = sum(f.stat().st_size for f in (world / "samples").rglob("*") if f.is_file())
     train_mb = 0.8 * total / 2**20
-    return round(min(SHARD_MB, max(0.25, train_mb / (2 * nproc))), 2)
+    return round(min(SHARD_MB, max(0.25, train_mb / max(2 * nproc, nproc * workers))), 2)
 
 
 def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB) -> dict[str, Path]:
@@ -173,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     world = out / "world"
     make_world(world, args.frames_per_scene, args.image_size, args.seed)
 
-    nproc = 1 if args.device == "cuda" else args.nproc
+    gpu = args.device == "cuda"
+    nproc = 1 if gpu else args.nproc
     header(2, n, "shards (train + val)")
-    shard_dirs = make_shards(world, out / "shards", shard_size_mb(world, nproc))
+    shard_dirs = make_shards(world, out / "shards", shard_size_mb(world, nproc, GPU_WORKERS if gpu else 1))
     run([PY, "-m", "shards", "info", shard_dirs["mini_train"]])
 
-    train_extra, eval_extra = (GPU_TRAIN, ["--device", "cuda", "--num-workers", "4"]) if args.device == "cuda" else ([], [])
-    where = "1 GPU (batch 2)" if args.device == "cuda" else f"{nproc} CPU ranks"
+    train_extra, eval_extra = (GPU_TRAIN, ["--device", "cuda", "--num-workers", str(GPU_WORKERS)]) if gpu else ([], [])
+    where = "1 GPU (batch 2)" if gpu else f"{nproc} CPU ranks"
     header(3, n, f"train tiny, DeepSpeed ZeRO-2 on {where}, {args.steps} steps")
     run_dir = out / "run"
     final = run_dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  reusing {final}")
     else:
         # CPU ranks must not see a GPU: train.dist picks DeepSpeed's CUDA accelerator whenever torch sees one
-        env = {"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else None
+        env = None if gpu else {"CUDA_VISIBLE_DEVICES": ""}
         run(train_command(args.config, run_dir, shard_dirs["mini_train"], args.steps, nproc, *train_extra), env=env)
 
     header(4, n, "loopback HTTP server for the val shards")

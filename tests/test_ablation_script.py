@@ -84,6 +84,8 @@ def test_small_worlds_get_shards_small_enough_for_every_rank(abl, tmp_path):
     cam.mkdir(parents=True)
     (cam / "a.jpg").write_bytes(b"\0" * 10 * 2**20)  # 10 MiB of source files: about 8 MiB in mini_train
     assert abl.shard_size_mb(tmp_path / "world", nproc=2) == pytest.approx(2.0)
+    # the demo's GPU run: one rank but 8 loader workers, each needs a shard -> at least 8 shards
+    assert abl.shard_size_mb(tmp_path / "world", nproc=1, workers=8) == pytest.approx(1.0)
     (cam / "b.jpg").write_bytes(b"\0" * 90 * 2**20)
     assert abl.shard_size_mb(tmp_path / "world", nproc=2) == abl.DEMO_SHARD_MB  # large worlds: the demo's size
 
