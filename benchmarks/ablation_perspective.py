@@ -1,6 +1,6 @@
 """The paper's perspective-supervision ablation (BEVFormer v2, table 3) at small scale, on the synthetic world.
 
-    python benchmarks/ablation_perspective.py --out demo_out                     # 3 seeds x 3 variants
+    python benchmarks/ablation_perspective.py --out demo_out                     # 3 seeds x 4 variants
     python benchmarks/ablation_perspective.py --out /tmp/abl --steps 2 --seeds 0 --frames-per-scene 6
 
 The ``tiny`` preset is trained with the same config (``--config``, default ``configs/demo.yaml``),
@@ -10,7 +10,10 @@ budget (``--steps``) and data in each variant, for each seed of ``--seeds``:
                        (``ModelConfig.use_hybrid`` needs the perspective head; ``head.hybrid=false``
                        is also set so the resolved config says what runs);
 * ``pers_bev``         perspective + BEV, two-stage: hybrid queries from perspective proposals (the default);
-* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=false`` (learned queries only).
+* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=false`` (learned queries only);
+* ``pers_bev_refonly`` perspective + BEV, two-stage with the paper's hybrid queries, which take only their
+                       proposal's centre (``model.head.hybrid_box_init=false``; the ``tiny`` preset also
+                       anchors them on the proposal's box and scores).
 
 Each run trains with ``torch.distributed.run ... -m train`` (DeepSpeed, ``--nproc`` CPU ranks) into
 ``OUT/ablation/{variant}_seed{s}/`` and is scored on the val shards with ``python -m eval`` (its
@@ -21,7 +24,7 @@ commands as ``scripts/demo.py`` when ``OUT/world`` / ``OUT/shards/{mini_train,mi
 
 Printed: NDS, mAP, mATE, mAOE of every run; mean +- std (over seeds) per variant; the paired
 differences (same seed) ``pers_bev - bev_only`` (the paper reports +2.5 to +3.2 NDS) and
-``pers_bev - pers_bev_1stage`` with their mean +- std and min..max. Everything goes to
+``pers_bev - pers_bev_1stage`` and ``pers_bev - pers_bev_refonly`` with their mean +- std and min..max. Everything goes to
 ``OUT/ablation/results.json``.
 """
 
@@ -45,6 +48,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "bev_only": ("model.lambda_pers=0.0", "model.head.hybrid=false"),
     "pers_bev": (),
     "pers_bev_1stage": ("model.head.hybrid=false",),
+    "pers_bev_refonly": ("model.head.hybrid_box_init=false",),
 }
 """Variant name -> training-config overrides (on top of ``--config``) that make it."""
 
@@ -52,9 +56,11 @@ VARIANT_TEXT = {
     "bev_only": "BEV only (lambda_pers = 0)",
     "pers_bev": "perspective + BEV, two-stage",
     "pers_bev_1stage": "perspective + BEV, one-stage",
+    "pers_bev_refonly": "perspective + BEV, two-stage, hybrid queries from proposal centres only",
 }
 
-PAIRS: tuple[tuple[str, str], ...] = (("pers_bev", "bev_only"), ("pers_bev", "pers_bev_1stage"))
+PAIRS: tuple[tuple[str, str], ...] = (("pers_bev", "bev_only"), ("pers_bev", "pers_bev_1stage"),
+                                      ("pers_bev", "pers_bev_refonly"))
 """Paired differences ``a - b`` reported (same seed, same data, same budget)."""
 
 METRICS: tuple[tuple[str, str], ...] = (("NDS", "nd_score"), ("mAP", "mean_ap"), ("mATE", "trans_err"),

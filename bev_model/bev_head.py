@@ -8,6 +8,11 @@ the reference point. Each layer: self-attention, deformable cross-attention into
 FFN (post-norm). After each layer a regression branch refines the reference points
 (``ref <- sigmoid(delta + logit(ref))``, detached between layers).
 
+With ``HeadConfig.hybrid_box_init`` a hybrid query also takes its proposal's box and class scores as
+anchors: every layer outputs the proposal's size/yaw/velocity codes and score logits plus what its branches
+learned to change (:meth:`BEVHead.proposal_anchors`), so the decoder starts where the perspective head is,
+rather than from a car-sized box at the focal prior.
+
 Group-DETR (``HeadConfig.group_detr = G > 1``, training only): the decoder runs G query groups side by
 side, ``[learned_0, hybrid, learned_1, hybrid, ...]``, each ``Q + K`` long; self-attention stays
 inside each group, so every group is a complete detector and can be matched one-to-one
@@ -16,6 +21,8 @@ with the GT on its own (:class:`bev_model.losses.SetCriterion`). In eval mode on
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -23,6 +30,12 @@ from .bev_encoder import FFN
 from .box_coder import CODE_SIZE, BoxCoder
 from .config import HeadConfig
 from .ops import MSDeformAttn
+
+CODE_PRIOR = (1.4, 0.7, 0.5, 0.0, 1.0, 0.0, 0.0)
+"""Initial output of every regression branch for codes 3..9 (log size about a car's, sin/cos yaw = 0/1, velocity 0):
+the last layer's bias; its weights start at zero."""
+CLS_PRIOR = 0.01
+"""Initial class probability of every query (focal-loss prior): the class branches' last bias."""
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -101,15 +114,14 @@ class BEVHead(nn.Module):
         if hybrid:
             self.proposal_content = mlp([3 + 3 + 2 + 2 + num_classes, dims, dims])
             self.proposal_pos = mlp([3, dims, dims])
-        prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+        prior = math.log(CLS_PRIOR / (1 - CLS_PRIOR))
         for branch in self.cls_branches:
-            nn.init.constant_(branch[-1].bias, float(prior))
+            nn.init.constant_(branch[-1].bias, prior)
         for branch in self.reg_branches:
             nn.init.zeros_(branch[-1].weight)
             nn.init.zeros_(branch[-1].bias)
-            with torch.no_grad():  # log size ~ a car, cos yaw = 1
-                branch[-1].bias[3:6] = torch.tensor([1.4, 0.7, 0.5])
-                branch[-1].bias[7] = 1.0
+            with torch.no_grad():
+                branch[-1].bias[3:] = torch.tensor(CODE_PRIOR)
         nn.init.uniform_(self.ref_points.weight, -0.1, 0.1)
         nn.init.zeros_(self.ref_points.bias)
 
@@ -123,6 +135,21 @@ class BEVHead(nn.Module):
         dtype = self.proposal_content[0].weight.dtype
         feats = torch.nan_to_num(feats).to(dtype)
         return self.proposal_content(feats), self.proposal_pos(ref.to(dtype)), ref
+
+    def proposal_anchors(self, proposals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hybrid_box_init`` anchors of the proposals: ``code [B, K, 7]`` to add to codes 3..9 and ``logit [B, K, C]``
+        to add to the class logits, each relative to the branches' initial outputs (so that an untrained layer
+        returns the proposal). A proposal's class scores are its class probabilities times its centerness and
+        3D confidence (``scores`` / best class probability); fill-ins that NMS had suppressed (``kept`` False) get
+        the lowest score."""
+        codes = torch.nan_to_num(self.coder.encode(proposals["boxes"].detach().float()))
+        rest = torch.cat([codes[..., 3:6].clamp(-5, 5), codes[..., 6:8], codes[..., 8:10].clamp(-20, 20)], -1)
+        prob = proposals["cls_prob"].detach().float()
+        quality = proposals["scores"].detach().float() / prob.amax(-1).clamp(min=1e-6)
+        if "kept" in proposals:
+            quality = quality * proposals["kept"].float()
+        p = (prob * quality[..., None]).clamp(1e-4, 1 - 1e-4)
+        return rest - rest.new_tensor(CODE_PRIOR), torch.logit(p) - math.log(CLS_PRIOR / (1 - CLS_PRIOR))
 
     def num_groups(self) -> int:
         """Query groups that run now: ``group_detr`` in training, 1 in eval mode."""
@@ -147,9 +174,14 @@ class BEVHead(nn.Module):
         ref = self.ref_points(pos).float().sigmoid()  # [G*Q, 3]; refinement runs in fp32
         learned = [t[None].expand(B, -1, -1) for t in (content, pos, ref)]
         hybrid = [None, None, None]
+        anchor_code = anchor_logit = None
         if self.hybrid and proposals is not None:
             h_query, h_pos, h_ref = self.encode_proposals(proposals)
             hybrid = [h_query.to(bev.dtype), h_pos.to(bev.dtype), h_ref]
+            if self.cfg.hybrid_box_init:  # learned queries keep the branches' priors (zero anchors)
+                a_code, a_logit = self.proposal_anchors(proposals)
+                anchor_code = _interleave_groups(a_code.new_zeros(B, G * Q, a_code.shape[-1]), a_code, Q)
+                anchor_logit = _interleave_groups(a_logit.new_zeros(B, G * Q, a_logit.shape[-1]), a_logit, Q)
         # [B, G*Q', .]: group g = its Q learned queries, then the K hybrid ones
         query, pos, ref = (_interleave_groups(lt, ht, Q) for lt, ht in zip(learned, hybrid))
         init_ref = ref
@@ -158,8 +190,11 @@ class BEVHead(nn.Module):
             query = layer(query, pos, ref[..., :2], value, shapes, starts, G)
             delta = self.reg_branches[i](query).float()
             new_ref = (delta[..., :3] + inverse_sigmoid(ref)).sigmoid()
-            code_out.append(torch.cat([self.coder.denormalize_xyz(new_ref), delta[..., 3:]], -1))
-            cls_out.append(self.cls_branches[i](query).float())
+            rest, logits = delta[..., 3:], self.cls_branches[i](query).float()
+            if anchor_code is not None:
+                rest, logits = rest + anchor_code, logits + anchor_logit
+            code_out.append(torch.cat([self.coder.denormalize_xyz(new_ref), rest], -1))
+            cls_out.append(logits)
             attr_out.append(self.attr_branches[i](query).float())
             ref = new_ref.detach()
         return {"cls": torch.stack(cls_out), "codes": torch.stack(code_out), "attr": torch.stack(attr_out),

@@ -124,12 +124,20 @@ class HeadConfig:
     own learned queries plus a copy of the hybrid queries; self-attention stays inside a group), each
     group is matched one-to-one with the GT and the losses are averaged over groups. Inference runs
     group 0 only, so the deployed model and its cost do not change. 1 = plain DETR.
+
+    ``hybrid_box_init``: what a hybrid query takes from its proposal. False: its centre as the reference point
+    (the paper's hybrid queries). True: also its box and class scores, as anchors that every decoder layer
+    refines (the two-stage Deformable DETR's way): a layer's size, yaw and velocity codes are the proposal's
+    plus the regression branch's change from its initial output, and its class logits are the logits of the
+    proposal's scores (class probability x centerness x 3D confidence) plus the class branch's change from the
+    focal prior. Before training, the hybrid queries output the first stage's boxes and scores.
     """
 
     num_queries: int = 900
     group_detr: int = 1
     num_hybrid: int = 300
     hybrid: bool = True
+    hybrid_box_init: bool = False
     proposal_nms_radius: float = 1.0
     proposal_pre_nms: int = 2000
     num_layers: int = 6

@@ -29,7 +29,7 @@ def test_variants_resolve_to_the_intended_models(abl, tmp_path):
 
     args = abl.parse_args(["--out", str(tmp_path), "--seeds", "3", "--steps", "5"])
     plan = abl.build_plan(args, tmp_path)
-    assert [p.variant for p in plan] == ["bev_only", "pers_bev", "pers_bev_1stage"]
+    assert [p.variant for p in plan] == ["bev_only", "pers_bev", "pers_bev_1stage", "pers_bev_refonly"]
     (tmp_path / "train").mkdir()
     flags = {}
     for p in plan:
@@ -39,9 +39,9 @@ def test_variants_resolve_to_the_intended_models(abl, tmp_path):
         cfg = load_train_config(ROOT / args.config, overrides)
         assert cfg.seed == 3 and cfg.schedule.total_steps == 5 and cfg.out_dir == p.dir
         mcfg = cfg.model_config()
-        flags[p.variant] = (mcfg.lambda_pers > 0, mcfg.use_perspective, mcfg.use_hybrid)
-    assert flags == {"bev_only": (False, False, False), "pers_bev": (True, True, True),
-                     "pers_bev_1stage": (True, True, False)}
+        flags[p.variant] = (mcfg.lambda_pers > 0, mcfg.use_perspective, mcfg.use_hybrid, mcfg.head.hybrid_box_init)
+    assert flags == {"bev_only": (False, False, False, True), "pers_bev": (True, True, True, True),
+                     "pers_bev_1stage": (True, True, False, True), "pers_bev_refonly": (True, True, True, False)}
 
 
 def test_plan_is_seed_major_and_extra_overrides_reach_every_run(abl, tmp_path):
