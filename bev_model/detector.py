@@ -20,6 +20,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from shards.conventions import transform_boxes
+
 from .backbone import Backbone
 from .bev_encoder import BEVEncoder
 from .bev_head import BEVHead
@@ -226,6 +228,36 @@ class BEVFormerV2(nn.Module):
                 history.push(scene, batch.ego2global[b, cur], aug[b], bev_cur[b])
         return postprocess(out["cls"][-1], out["codes"][-1], out["attr"][-1], self.coder, bev_aug,
                            self.cfg.head.max_detections)
+
+    @torch.no_grad()
+    def predict_first_stage(self, batch) -> list[dict[str, torch.Tensor]]:
+        """The first stage alone: the perspective head's proposals for the hybrid queries, as detections.
+
+        Per sample, the ``head.num_hybrid`` proposals that survive the BEV NMS (:func:`select_proposals`):
+        ``boxes [K, 9]`` in the un-augmented ego frame of the current frame, ``scores [K]`` (best class
+        probability x centerness x 3D confidence), ``labels [K]``, ``attrs [K]`` (-1: not predicted here).
+        A diagnostic of the two-stage model (``python -m eval --stage first``): how much the BEV head adds.
+        """
+        if self.pers_head is None or self.cfg.head.num_hybrid < 1:
+            raise ValueError("the first stage needs the perspective head (model.lambda_pers > 0) and "
+                             f"model.head.num_hybrid >= 1 (got lambda_pers={self.cfg.lambda_pers}, "
+                             f"num_hybrid={self.cfg.head.num_hybrid})")
+        B, T = batch.imgs.shape[:2]
+        cur, _ = self.frame_indices(T)
+        feats = self.image_features(batch.imgs[:, cur].flatten(0, 1))
+        preds, loc = self._perspective(feats, batch, cur)
+        props = self._proposals(preds, loc, batch, cur, B)
+        aug = getattr(batch, "bev_aug", None)
+        out = []
+        for b in range(B):
+            kept = props["kept"][b]
+            boxes = props["boxes"][b][kept].float()
+            if aug is not None:
+                boxes = transform_boxes(boxes, torch.linalg.inv(aug[b].float().to(boxes.device)))
+            labels = props["labels"][b][kept].long()
+            out.append({"boxes": boxes, "scores": props["scores"][b][kept].float(), "labels": labels,
+                        "attrs": torch.full_like(labels, -1)})
+        return out
 
     def new_history(self) -> BEVHistory:
         """A :class:`BEVHistory` deep enough for this model's past offsets."""

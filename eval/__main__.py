@@ -19,6 +19,7 @@ from typing import Any
 
 from eval.gt import GroundTruth, GroundTruthError, load_ground_truth
 from eval.inference import (
+    STAGES,
     CheckpointError,
     ModelPredictor,
     Predictor,
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None, need_model: bool = True) -> argpar
     ap.add_argument("--checkpoint", help="checkpoint dir with weights_fp32.pt + config.yaml (or the weights file)")
     ap.add_argument("--config", help="training config YAML to use instead of the checkpoint's config.yaml")
     ap.add_argument("--predictions", help="score this submission JSON instead of running a model")
+    ap.add_argument("--stage", choices=STAGES, default="final",
+                    help="final: the BEV head's detections; first: the perspective head's proposals (the first "
+                         "stage of the two-stage model, as the hybrid queries receive them)")
     ap.add_argument("--random-init", action="store_true",
                     help="the untrained baseline: the checkpoint's model with fresh random weights")
     ap.add_argument("--out", default="eval_out", help="output directory")
@@ -147,7 +151,11 @@ def run_model(args: argparse.Namespace, gt: GroundTruth, expected: list[str],
             model, run_cfg = load_model(args.checkpoint, args.config, args.device, random_init=args.random_init)
         except (CheckpointError, OSError) as e:
             raise EvalInputError(str(e)) from e
-        predictor = ModelPredictor(model, args.device)
+        if args.stage == "first" and (model.pers_head is None or model.cfg.head.num_hybrid < 1):
+            raise EvalInputError(f"--stage first: the model of {args.checkpoint} has no first stage "
+                                 f"(model.lambda_pers={model.cfg.lambda_pers}, "
+                                 f"model.head.num_hybrid={model.cfg.head.num_hybrid})")
+        predictor = ModelPredictor(model, args.device, args.stage)
     else:
         run_cfg = load_run_config(args.config) if args.config else {}
     loader = _build_loader(args, run_cfg.get("data"))
@@ -260,6 +268,7 @@ def run(args: argparse.Namespace, predictor: Predictor | None = None) -> int:
         num_samples_expected=len(expected),
         shards=args.shards,
         checkpoint=args.checkpoint,
+        stage=None if args.predictions else args.stage,
         predictions=str(results_path),
         timing={"score_s": score_s},
     )

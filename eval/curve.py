@@ -72,7 +72,7 @@ def point_from_summary(step: int, s: dict, path: Path) -> CurvePoint:
 def _reusable(s: dict | None, shards: str, num_samples: int) -> bool:
     """An earlier evaluation of this checkpoint that scored ``num_samples`` samples of the same shards."""
     return (s is not None and s.get("complete") is True and s.get("shards") == shards
-            and s.get("num_samples_expected") == num_samples)
+            and s.get("num_samples_expected") == num_samples and s.get("stage", "final") == "final")
 
 
 def select_checkpoints(run_dir: Path, every: int) -> list[tuple[int, Path]]:

@@ -79,6 +79,10 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None, device:
 
     weights, cfg_path = _checkpoint_files(checkpoint, config)
     run_cfg = load_run_config(cfg_path)
+    head = run_cfg.get("model", {}).get("head") if isinstance(run_cfg.get("model"), Mapping) else None
+    if isinstance(head, dict) and "hybrid" in head and "hybrid_box_init" not in head:
+        # a model section resolved in full before the key existed: trained with centre-only hybrid queries
+        head["hybrid_box_init"] = False
     torch.manual_seed(seed)
     model = build_model(model_config_from_dict(run_cfg["model"], prefix="model"))
     if random_init:
@@ -105,18 +109,30 @@ def new_history(model: Any) -> Any:
     return BEVHistory(max_frames=max(1, -min(offsets)))
 
 
-class ModelPredictor:
-    """``model.predict`` over consecutive eval batches, with one BEVHistory reused across calls."""
+STAGES = ("final", "first")
+"""What eval scores: ``final`` the BEV head's detections, ``first`` the perspective head's proposals."""
 
-    def __init__(self, model: Any, device: str = "cpu"):
+
+class ModelPredictor:
+    """``model.predict`` over consecutive eval batches, with one BEVHistory reused across calls.
+
+    ``stage="first"``: ``model.predict_first_stage`` instead (the two-stage model's proposals; no history).
+    """
+
+    def __init__(self, model: Any, device: str = "cpu", stage: str = "final"):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.model = model
         self.device = device
+        self.stage = stage
         self.history = new_history(model)
 
     def __call__(self, batch: Any) -> list[dict]:
         import torch
 
         with torch.inference_mode():
+            if self.stage == "first":
+                return self.model.predict_first_stage(batch.to(self.device))
             return self.model.predict(batch.to(self.device), history=self.history)
 
 

@@ -94,3 +94,24 @@ def test_box_init_is_a_residual_the_branches_learn():
 def test_presets_choose_the_hybrid_init():
     assert get_preset("tiny").head.hybrid_box_init  # the demo's model: measured faster to learn
     assert not get_preset("r50").head.hybrid_box_init  # the paper's hybrid queries (reference points only)
+
+
+def test_checkpoints_resolved_before_the_key_load_with_centre_only_hybrid_queries(tmp_path):
+    """A run config whose model section was resolved in full before ``hybrid_box_init`` existed was trained with the
+    paper's hybrid queries; eval must not give it the preset's new default."""
+    import yaml
+
+    from bev_model import build_model
+    from eval.inference import load_model
+    from shards.typed_config import to_dict
+
+    cfg = get_preset("tiny")
+    full = {"preset": "tiny", **to_dict(cfg)}
+    old = {**full, "head": {k: v for k, v in full["head"].items() if k != "hybrid_box_init"}}
+    for name, model_section, want in (("old", old, False), ("new", full, True), ("preset", {"preset": "tiny"}, True)):
+        ckpt = tmp_path / name
+        ckpt.mkdir()
+        torch.save(build_model(cfg).state_dict(), ckpt / "weights_fp32.pt")
+        (ckpt / "config.yaml").write_text(yaml.safe_dump({"model": model_section, "data": {"shards": "unused"}}))
+        model, _ = load_model(ckpt)
+        assert model.cfg.head.hybrid_box_init is want, name

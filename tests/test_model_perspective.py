@@ -10,7 +10,7 @@ from bev_model.perspective_head import decode_perspective
 from bev_model.perspective_targets import build_perspective_targets, make_locations
 from bev_model.proposals import select_proposals
 from bev_model.synthetic import make_batch
-from shards.conventions import project_points, wrap_angle
+from shards.conventions import project_points, transform_boxes, wrap_angle
 
 IMAGE_HW = (128, 352)
 STRIDES = [8, 16, 32, 64, 128]
@@ -129,3 +129,32 @@ def test_proposal_nms_merges_duplicates_within_radius():
     assert out["kept"][0].tolist() == [True, True, True]
     torch.testing.assert_close(out["boxes"][0, :, 0], torch.tensor([10.0, 20.0, 10.1]))
     assert math.isclose(float(out["scores"][0, 0]), 0.9, abs_tol=1e-6)
+
+
+def test_first_stage_detections_are_the_kept_proposals_in_the_unaugmented_frame(setup, monkeypatch):
+    """``predict_first_stage`` with a perfect perspective head returns the visible GT boxes, BEV augmentation
+    undone (the batch was made with a random ``bev_aug``), one detection per kept proposal."""
+    cfg, batch, loc, _, tg = setup
+    model = build_model(cfg).eval()
+    preds = _perfect_prediction(tg, cfg.num_classes, cfg.num_attrs)
+    monkeypatch.setattr(model.pers_head, "forward", lambda feats, strides: preds)
+    dets = model.predict_first_stage(batch)[0]
+    props = model._proposals(preds, loc, batch, 0, 1)
+    assert dets["boxes"].shape[0] == int(props["kept"].sum()) <= cfg.head.num_hybrid
+    assert bool((dets["attrs"] == -1).all())
+    visible = tg.gt_index[tg.gt_index >= 0].unique()
+    k = visible.numel()
+    assert not torch.allclose(batch.bev_aug[0], torch.eye(4))
+    gt_plain = transform_boxes(batch.gt_boxes[0][visible], torch.linalg.inv(batch.bev_aug[0]))
+    dist = torch.cdist(dets["boxes"][:k, :3], gt_plain[:, :3])
+    assert float(dist.min(1).values.max()) < 1e-2
+    assert sorted(dist.argmin(1).tolist()) == list(range(k))
+    torch.testing.assert_close(dets["scores"], props["scores"][0][props["kept"][0]])
+
+
+def test_first_stage_needs_the_perspective_head():
+    cfg = get_preset("tiny")
+    cfg.lambda_pers = 0.0
+    model = build_model(cfg).eval()
+    with pytest.raises(ValueError, match="lambda_pers"):
+        model.predict_first_stage(make_batch(1, 1, IMAGE_HW, num_boxes=2, seed=0))
