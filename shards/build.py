@@ -588,6 +588,8 @@ def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str
     if workers < 1:
         raise BuildError(f"workers must be >= 1, got {workers}")
     check_inputs(dataroot, version, split)
+    # absolute paths in the plan (and its digest): the same dataroot named relatively or absolutely is one build
+    dataroot = dataroot.resolve()
     nusc = load_nuscenes(dataroot, version)
     with _single_threaded_blas():  # many tiny 4x4 inversions: BLAS threads only add overhead
         shards, missing, scenes = plan_shards(nusc, dataroot, split, settings, progress=progress)

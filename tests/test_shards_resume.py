@@ -61,3 +61,17 @@ def test_resume_after_sigkill_gives_identical_checksums(synth_dataroot, tmp_path
     # rerunning a complete build changes nothing
     again = build_shards(root, version, "mini_train", out, progress=False, **SETTINGS)
     assert again == ref and _digests(out) == _digests(tmp_path / "ref")
+
+
+def test_relative_and_absolute_dataroot_are_the_same_build(synth_dataroot, tmp_path, monkeypatch):
+    """A dataroot named relatively, then absolutely (or from another working directory), is one build: the
+    second call finds the finished shards instead of refusing them as 'built differently'."""
+    root, version = synth_dataroot
+    out = tmp_path / "out"
+    monkeypatch.chdir(root.parent)
+    first = build_shards(Path(root.name), version, "mini_val", out, progress=False, **SETTINGS)
+    before = _digests(out)
+    monkeypatch.chdir(tmp_path)
+    again = build_shards(root.resolve(), version, "mini_val", out, progress=False, **SETTINGS)
+    assert again["plan_digest"] == first["plan_digest"]
+    assert _digests(out) == before
