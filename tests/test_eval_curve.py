@@ -96,3 +96,12 @@ def test_curve_bad_input_names_the_culprit(run_dir, tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--run", str(run_dir), "--shards", "unused", "--every", "0"])
+
+
+def test_a_first_stage_summary_is_not_reused_as_the_checkpoint_score():
+    from eval.curve import _reusable
+
+    s = {"complete": True, "shards": "S", "num_samples_expected": 60}
+    assert _reusable(s, "S", 60) and _reusable({**s, "stage": "final"}, "S", 60)
+    assert not _reusable({**s, "stage": "first"}, "S", 60)  # `python -m eval --stage first` into the same dir
+    assert not _reusable({**s, "num_samples_expected": 2}, "S", 60)
