@@ -36,6 +36,7 @@ CODE_PRIOR = (1.4, 0.7, 0.5, 0.0, 1.0, 0.0, 0.0)
 the last layer's bias; its weights start at zero."""
 CLS_PRIOR = 0.01
 """Initial class probability of every query (focal-loss prior): the class branches' last bias."""
+CLS_PRIOR_LOGIT = math.log(CLS_PRIOR / (1 - CLS_PRIOR))
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -114,9 +115,8 @@ class BEVHead(nn.Module):
         if hybrid:
             self.proposal_content = mlp([3 + 3 + 2 + 2 + num_classes, dims, dims])
             self.proposal_pos = mlp([3, dims, dims])
-        prior = math.log(CLS_PRIOR / (1 - CLS_PRIOR))
         for branch in self.cls_branches:
-            nn.init.constant_(branch[-1].bias, prior)
+            nn.init.constant_(branch[-1].bias, CLS_PRIOR_LOGIT)
         for branch in self.reg_branches:
             nn.init.zeros_(branch[-1].weight)
             nn.init.zeros_(branch[-1].bias)
@@ -149,7 +149,7 @@ class BEVHead(nn.Module):
         if "kept" in proposals:
             quality = quality * proposals["kept"].float()
         p = (prob * quality[..., None]).clamp(1e-4, 1 - 1e-4)
-        return rest - rest.new_tensor(CODE_PRIOR), torch.logit(p) - math.log(CLS_PRIOR / (1 - CLS_PRIOR))
+        return rest - rest.new_tensor(CODE_PRIOR), torch.logit(p) - CLS_PRIOR_LOGIT
 
     def num_groups(self) -> int:
         """Query groups that run now: ``group_detr`` in training, 1 in eval mode."""

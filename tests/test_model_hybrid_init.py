@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bev_model import get_preset
-from bev_model.bev_head import CLS_PRIOR, CODE_PRIOR, BEVHead
+from bev_model.bev_head import CLS_PRIOR_LOGIT, CODE_PRIOR, BEVHead
 from bev_model.box_coder import BoxCoder
 from bev_model.config import HeadConfig
 from shards.conventions import ATTRIBUTES, CLASSES
@@ -63,7 +63,7 @@ def test_untrained_hybrid_queries_output_their_proposals(groups):
             torch.testing.assert_close(out["codes"][layer][:, learned, 3:],
                                        torch.tensor(CODE_PRIOR).expand(2, Q, -1), atol=1e-6, rtol=0)
             torch.testing.assert_close(out["cls"][layer][:, learned],
-                                       torch.full((2, Q, len(CLASSES)), math.log(CLS_PRIOR / (1 - CLS_PRIOR))))
+                                       torch.full((2, Q, len(CLASSES)), CLS_PRIOR_LOGIT))
 
 
 def test_without_box_init_hybrid_queries_take_only_the_centre():
@@ -73,7 +73,7 @@ def test_without_box_init_hybrid_queries_take_only_the_centre():
     codes = out["codes"][0][:, Q:]
     torch.testing.assert_close(codes[..., :3], props["boxes"][..., :3], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(codes[..., 3:], torch.tensor(CODE_PRIOR).expand(2, K, -1), atol=1e-6, rtol=0)
-    assert torch.allclose(out["cls"][0][:, Q:], torch.tensor(math.log(CLS_PRIOR / (1 - CLS_PRIOR))))
+    assert torch.allclose(out["cls"][0][:, Q:], torch.tensor(CLS_PRIOR_LOGIT))
 
 
 def test_box_init_is_a_residual_the_branches_learn():
