@@ -177,6 +177,20 @@ class ModelConfig:
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     @property
+    def frame_offsets(self) -> tuple[int, ...]:
+        """The keyframe offsets a batch carries (``temporal.offsets``; ``bev_model.registry.DetectorConfig``)."""
+        return tuple(self.temporal.offsets)
+
+    @property
+    def needs_points(self) -> bool:
+        """BEVFormer v2 trains from images alone."""
+        return False
+
+    @property
+    def needs_points_in_eval(self) -> bool:
+        return False
+
+    @property
     def use_perspective(self) -> bool:
         """Whether the perspective head is built (it is skipped entirely when ``lambda_pers == 0``)."""
         return self.lambda_pers > 0

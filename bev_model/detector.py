@@ -9,7 +9,7 @@ Batch (any object with these attributes; see docs/CONTRACTS.md): ``imgs [B, T, N
 ``cur_from_prev [B, T, 4, 4]``, ``valid_prev [B, T]``, ``ego2global [B, T, 4, 4]`` (for history),
 ``gt_boxes/gt_labels/gt_attrs`` (+ optional ``gt_num_pts``, ``gt_visibility``) lists, ``scene_token``.
 ``cur_from_prev[:, t]`` maps the BEV-augmented ego frame of frame t into the augmented current frame
-(``bev_aug · inv(e2g_cur) · e2g_t · inv(bev_aug)``, as ``pipeline.batch.Batch`` documents); every frame's
+(``bev_aug · inv(e2g_cur) · e2g_t · inv(bev_aug)``, as ``shards.contracts.batch.Batch`` documents); every frame's
 ``ego2img`` carries the same ``bev_aug``. Frame/offset mapping: :meth:`BEVFormerV2.frame_indices`.
 """
 

@@ -1,4 +1,4 @@
-"""Presets: a name that builds a whole ``ModelConfig`` (the timm idea applied to our detector).
+"""BEVFormer v2 presets: a name that builds a whole ``ModelConfig`` (the timm idea applied to our detector).
 
 * ``tiny``: ResNet-18, 128-channel FPN, 50x50 BEV at 2.048 m, 1 encoder / 3 decoder layers,
   150 learned + 50 hybrid queries (anchored on their proposals' boxes and scores: ``hybrid_box_init``),
@@ -10,15 +10,10 @@
 * ``large``: ConvNeXt-XL (``convnext_xlarge``) with gradient checkpointing, otherwise r50 shapes;
   meant for DeepSpeed ZeRO-3.
 
-YAML: ``model: {preset: tiny, encoder: {num_layers: 2}}`` -> :func:`model_config_from_dict`.
+YAML: ``model: {preset: tiny, encoder: {num_layers: 2}}`` -> :func:`bev_model.registry.model_config_from_dict`.
 """
 
 from __future__ import annotations
-
-import copy
-from typing import Any
-
-from shards.typed_config import ConfigError, from_dict, to_dict
 
 from .config import (
     BackboneConfig,
@@ -29,8 +24,7 @@ from .config import (
     PerspectiveConfig,
     TemporalConfig,
 )
-
-PRESETS = ("tiny", "r50", "large")
+from .registry import Family, register_family
 
 
 def _tiny() -> ModelConfig:
@@ -74,36 +68,12 @@ def _large() -> ModelConfig:
     return cfg
 
 
-def get_preset(name: str) -> ModelConfig:
-    """Preset name (``tiny``, ``r50``, ``large``) -> a fresh ``ModelConfig``."""
-    builders = {"tiny": _tiny, "r50": _r50, "large": _large}
-    if name not in builders:
-        raise ConfigError(f"config key 'model.preset': unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    cfg = builders[name]()
-    cfg.validate()
-    return cfg
+def _build(cfg: ModelConfig):
+    from .detector import BEVFormerV2
+
+    return BEVFormerV2(cfg)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        key = f"{prefix}.{k}"
-        if k not in out:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(out))})")
-        if isinstance(out[k], dict) and isinstance(v, dict):
-            out[k] = _merge(out[k], v, key)
-        else:
-            out[k] = v
-    return out
-
-
-def model_config_from_dict(data: dict[str, Any], prefix: str = "model") -> ModelConfig:
-    """``{preset: name, ...overrides}`` -> ``ModelConfig``; ``preset`` is required, overrides merge into it."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix}': expected a mapping, got {data!r}")
-    data = dict(data)
-    name = data.pop("preset", None)
-    if name is None:
-        raise ConfigError(f"missing required config key '{prefix}.preset' (one of {', '.join(PRESETS)})")
-    base = to_dict(get_preset(name))
-    return from_dict(ModelConfig, _merge(base, data, prefix), prefix=prefix)
+FAMILY = register_family(Family(
+    name="bevformer_v2", config_type=ModelConfig, presets={"tiny": _tiny, "r50": _r50, "large": _large}, build=_build,
+))

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from pipeline.batch import Batch
+from shards.contracts.batch import Batch
 from shards.conventions import (
     CAMERAS,
     CLASS_ATTRIBUTES,
@@ -38,7 +38,7 @@ CLASS_SIZES = {  # (l, w, h) metres
 
 
 SyntheticBatch = Batch
-"""Synthetic batches are real ``pipeline.batch.Batch`` objects (docs/CONTRACTS.md)."""
+"""Synthetic batches are real ``shards.contracts.batch.Batch`` objects (docs/CONTRACTS.md)."""
 
 
 def camera_rig(image_hw: tuple[int, int], num_cams: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +147,7 @@ def make_batch(batch_size: int = 1, frames: int = 1, image_hw: tuple[int, int] =
             e2i = ego2img(K, ego2cam)  # [N, 4, 4], no motion compensation in the synthetic rig
             imgs.append(render(boxes_t, labels, e2i, image_hw, rng))
             e2is.append(e2i @ np.linalg.inv(B))
-            cfps.append(B @ cfp @ np.linalg.inv(B))  # between augmented frames (pipeline.batch convention)
+            cfps.append(B @ cfp @ np.linalg.inv(B))  # between augmented frames (shards.contracts.batch convention)
         out["imgs"].append(np.stack(imgs))
         out["ego2img"].append(np.stack(e2is))
         out["aug"].append(B)

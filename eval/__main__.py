@@ -20,13 +20,11 @@ from typing import Any
 from eval.gt import GroundTruth, GroundTruthError, load_ground_truth
 from eval.inference import (
     STAGES,
-    CheckpointError,
     ModelPredictor,
     Predictor,
     StreamResult,
     eval_loader_config,
     load_model,
-    load_run_config,
     pick_picture_tokens,
     stream_predictions,
     views_with_submission,
@@ -46,6 +44,7 @@ from eval.submission import (
     validate_submission,
     write_submission,
 )
+from shards.contracts.checkpoint import CheckpointError, read_run_config
 
 log = logging.getLogger("eval")
 
@@ -157,7 +156,7 @@ def run_model(args: argparse.Namespace, gt: GroundTruth, expected: list[str],
                                  f"model.head.num_hybrid={model.cfg.head.num_hybrid})")
         predictor = ModelPredictor(model, args.device, args.stage)
     else:
-        run_cfg = load_run_config(args.config) if args.config else {}
+        run_cfg = read_run_config(args.config) if args.config else {}
     loader = _build_loader(args, run_cfg.get("data"))
     return stream_predictions(loader, predictor, gt, max_samples=args.max_samples,
                               picture_tokens=pick_picture_tokens(expected, args.pictures),
@@ -291,7 +290,7 @@ def run(args: argparse.Namespace, predictor: Predictor | None = None) -> int:
     views = stream.views if stream is not None else []
     if args.predictions and args.pictures > 0:
         try:
-            loader_data = load_run_config(args.config).get("data") if args.config else None
+            loader_data = read_run_config(args.config).get("data") if args.config else None
             side = stream_predictions(_build_loader(args, loader_data), None, gt,
                                       picture_tokens=pick_picture_tokens(scored, args.pictures, evenly=False),
                                       progress=False)

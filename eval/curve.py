@@ -3,7 +3,7 @@
     python -m eval.curve --run RUN_DIR --shards VAL [--out DIR] [--every N] [--max-samples N]
                          [--baseline NAME=path/metrics_summary.json ...]
 
-Every complete checkpoint of ``RUN_DIR/checkpoints`` (``train.checkpoint.list_complete``) is scored by
+Every complete checkpoint of ``RUN_DIR/checkpoints`` (``shards.contracts.checkpoint.list_complete``) is scored by
 ``python -m eval`` (in this process) into ``OUT/step_XXXXXXXX/``; a checkpoint whose complete
 ``metrics_summary.json`` is already there (for the same shards and sample count) is not run again, so an
 interrupted curve resumes where it stopped. The rows go to ``OUT/curve.json`` and a picture of mAP, car
@@ -21,6 +21,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from shards.contracts.checkpoint import list_complete
 
 EXIT_OK, EXIT_INPUT = 0, 2
 
@@ -77,8 +79,6 @@ def _reusable(s: dict | None, shards: str, num_samples: int) -> bool:
 
 def select_checkpoints(run_dir: Path, every: int) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run, oldest first, keeping steps that are multiples of ``every`` (and the last)."""
-    from train.checkpoint import list_complete
-
     found = list_complete(run_dir)
     if not found:
         raise CurveInputError(f"--run {run_dir}: no complete checkpoint under {run_dir / 'checkpoints'}")

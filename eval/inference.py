@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from eval.gt import GroundTruth, GroundTruthError
 from eval.plots import SampleView
 from eval.submission import sample_results
+from shards.contracts.checkpoint import CheckpointError, checkpoint_files, read_run_config, read_weights
 from shards.conventions import CLASSES, boxes_from_nuscenes, transform_boxes
 
 log = logging.getLogger(__name__)
@@ -28,40 +28,11 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[Any], list[dict]]
 """``predictor(batch) -> [per-sample dict(boxes [K, 9], scores [K], labels [K], attrs [K])]``."""
 
-WEIGHTS_NAME = "weights_fp32.pt"
-CONFIG_NAME = "config.yaml"
 GEOMETRY_KEYS = ("image_size", "crop_box", "decoder", "dali_device")
 """Keys of the training ``data`` section that eval keeps (the images must look as in training)."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory/file that cannot be loaded (names the path and what is wrong)."""
-
-
 # --------------------------------------------------------------------------- model
-
-
-def _checkpoint_files(checkpoint: str | Path, config: str | Path | None) -> tuple[Path, Path]:
-    ckpt = Path(checkpoint)
-    if ckpt.is_dir():
-        weights = ckpt / WEIGHTS_NAME
-    else:
-        weights, ckpt = ckpt, ckpt.parent
-    if not weights.is_file():
-        raise CheckpointError(f"checkpoint {checkpoint}: no weights file {weights}")
-    cfg_path = Path(config) if config is not None else ckpt / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise CheckpointError(f"checkpoint {checkpoint}: no config {cfg_path} (pass --config)")
-    return weights, cfg_path
-
-
-def load_run_config(path: str | Path) -> dict[str, Any]:
-    """A training config YAML (``model:`` + ``data:`` sections) as a plain mapping."""
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict) or "model" not in data:
-        raise CheckpointError(f"config {path}: expected a mapping with a 'model' section")
-    return data
 
 
 def load_model(checkpoint: str | Path, config: str | Path | None = None, device: str = "cpu",
@@ -74,11 +45,10 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None, device:
     """
     import torch
 
-    from bev_model import build_model
-    from bev_model.presets import model_config_from_dict
+    from bev_model import build_model, model_config_from_dict
 
-    weights, cfg_path = _checkpoint_files(checkpoint, config)
-    run_cfg = load_run_config(cfg_path)
+    weights, cfg_path = checkpoint_files(checkpoint, config)
+    run_cfg = read_run_config(cfg_path)
     head = run_cfg.get("model", {}).get("head") if isinstance(run_cfg.get("model"), Mapping) else None
     if isinstance(head, dict) and "hybrid" in head and "hybrid_box_init" not in head:
         # a model section resolved in full before the key existed: trained with centre-only hybrid queries
@@ -87,9 +57,7 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None, device:
     model = build_model(model_config_from_dict(run_cfg["model"], prefix="model"))
     if random_init:
         return model.to(device).eval(), run_cfg
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "module" in state and not any(k.startswith("module.") for k in state):
-        state = state["module"]
+    state = read_weights(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -1,6 +1,7 @@
 """Streaming input: shard URLs -> temporal windows -> decode (DALI / CPU) -> Kornia augmentation -> Batch."""
 
-from .batch import Batch
+from shards.contracts.batch import Batch
+
 from .config import BevAugConfig, ImageAugConfig, LoaderConfig
 from .loader import Loader, build_loader
 

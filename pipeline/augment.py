@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from shards import conventions
+from shards.contracts.batch import Batch
 
-from .batch import Batch
 from .config import BevAugConfig, ImageAugConfig, LoaderConfig
 
 

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from shards.contracts.batch import Batch
+
 from .augment import finish_batch
-from .batch import Batch
 from .config import LoaderConfig
 from .meta import open_sidecar_table
 from .stream import EpochSpec, FrameCache, LoaderError, WindowStream, dali_on_gpu, io_options

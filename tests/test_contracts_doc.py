@@ -1,7 +1,7 @@
 """docs/CONTRACTS.md must match the code: sidecar schema, manifest keys and Batch fields.
 
 Names (and sidecar types) come from the real objects: ``shards.schema.SIDECAR_SCHEMA``,
-``shards.build`` and ``pipeline.batch.Batch``. Nothing is built; this runs in milliseconds
+``shards.build`` and ``shards.contracts.batch.Batch``. Nothing is built; this runs in milliseconds
 once the modules are imported.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.batch import Batch
 from shards import build
+from shards.contracts.batch import Batch
 from shards.schema import CAMERA_STRUCT, SCHEMA_VERSION, SIDECAR_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]

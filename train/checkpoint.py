@@ -1,14 +1,4 @@
-"""Atomic checkpoints and resume.
-
-Layout of ``{out_dir}/checkpoints/step_XXXXXXXX/``::
-
-    ds/                    DeepSpeed engine state (module, optimizer partitions, LR scheduler)
-    loader/rank_XXXXX.pt   each rank's loader state_dict (torch.load(weights_only=True))
-    trainer_state.json     step, epoch, samples seen, EMA updates, world size
-    weights_fp32.pt        consolidated fp32 state_dict of the model (eval / export)
-    weights_ema_fp32.pt    EMA weights (when enabled)
-    config.yaml            the resolved training config (model section resolved in full)
-    complete               written last; only directories holding it count
+"""Atomic checkpoints and resume (the layout is ``shards.contracts.checkpoint``).
 
 Everything is written into ``.tmp-step_XXXXXXXX`` and renamed when complete, so a run killed at
 any moment leaves either a whole checkpoint or none; ``--resume auto`` takes the newest complete one.
@@ -26,35 +16,26 @@ from typing import Any
 import torch
 import yaml
 
+from shards.contracts.checkpoint import (
+    COMPLETE,
+    CONFIG,
+    DS_TAG,
+    EMA_WEIGHTS,
+    LOADER_DIR,
+    STEP_PREFIX,
+    TMP_PREFIX,
+    TRAINER_STATE,
+    WEIGHTS,
+    checkpoint_root,
+    list_complete,
+    loader_state_name,
+    step_dir_name,
+)
+
 from .dist import barrier
 
-DS_TAG = "ds"
-COMPLETE = "complete"
-WEIGHTS = "weights_fp32.pt"
-EMA_WEIGHTS = "weights_ema_fp32.pt"
-
-
-def checkpoint_root(out_dir: Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def list_complete(out_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints ``(step, path)``, oldest first."""
-    root = checkpoint_root(out_dir)
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith("step_") and (p / COMPLETE).is_file():
-                try:
-                    found.append((int(p.name[5:]), p))
-                except ValueError:
-                    continue
-    return sorted(found)
-
+__all__ = ["COMPLETE", "EMA_WEIGHTS", "WEIGHTS", "checkpoint_root", "list_complete", "load_checkpoint",
+           "resolve_resume", "save_checkpoint", "step_dir_name"]
 
 def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     """``None`` -> start fresh; ``auto`` -> newest complete checkpoint (or fresh); a path -> checked.
@@ -137,20 +118,20 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically (collective). Returns its final directory."""
     root = checkpoint_root(out_dir)
     final = root / step_dir_name(step)
-    tmp = root / f".tmp-{step_dir_name(step)}"
+    tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "loader").mkdir(parents=True)
+        (tmp / LOADER_DIR).mkdir(parents=True)
     barrier()
     engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"train_step": step}, save_latest=False)
-    torch.save(loader_state, tmp / "loader" / f"rank_{rank:05d}.pt")
+    torch.save(loader_state, tmp / loader_state_name(rank))
     weights = consolidated_fp32_state_dict(engine, strip_prefix)
     if rank == 0:
         torch.save(weights, tmp / WEIGHTS)
         if ema_weights is not None:
             torch.save(ema_weights, tmp / EMA_WEIGHTS)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
     del weights
     barrier()
     if rank == 0:
@@ -172,7 +153,7 @@ def save_checkpoint(
 def prune(out_dir: Path, keep_last: int) -> None:
     """Remove all but the newest ``keep_last`` complete checkpoints (0 keeps all) and stale temp dirs."""
     root = checkpoint_root(out_dir)
-    for p in root.glob(".tmp-step_*"):
+    for p in root.glob(f"{TMP_PREFIX}{STEP_PREFIX}*"):
         shutil.rmtree(p, ignore_errors=True)
     if keep_last > 0:
         for _, p in list_complete(out_dir)[:-keep_last]:
@@ -186,7 +167,7 @@ def load_checkpoint(engine: Any, ckpt: Path, rank: int) -> dict[str, Any]:
     )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt}")
-    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
-    lpath = ckpt / "loader" / f"rank_{rank:05d}.pt"
+    trainer_state = json.loads((ckpt / TRAINER_STATE).read_text())
+    lpath = ckpt / loader_state_name(rank)
     loader_state = torch.load(lpath, weights_only=True) if lpath.is_file() else None
     return {"trainer_state": trainer_state, "loader_state": loader_state}

@@ -220,7 +220,7 @@ class TrainConfig:
 
     def model_config(self) -> Any:
         """``bev_model.ModelConfig`` from the ``model`` section (+ forced activation checkpointing)."""
-        from bev_model.presets import model_config_from_dict
+        from bev_model import model_config_from_dict
 
         mcfg = model_config_from_dict(self.model, prefix="model")
         if self.deepspeed.activation_checkpointing:
