@@ -24,7 +24,7 @@ from .config import (
     PerspectiveConfig,
     TemporalConfig,
 )
-from .registry import Family, register_family
+from .registry import Family
 
 
 def _tiny() -> ModelConfig:
@@ -74,6 +74,6 @@ def _build(cfg: ModelConfig):
     return BEVFormerV2(cfg)
 
 
-FAMILY = register_family(Family(
+FAMILY = Family(
     name="bevformer_v2", config_type=ModelConfig, presets={"tiny": _tiny, "r50": _r50, "large": _large}, build=_build,
-))
+)

@@ -1,10 +1,11 @@
-"""Detector families: one registry from a preset name to a typed config, and from a config to a model.
+"""Detector families: a preset name -> a typed config, and a typed config -> a model.
 
-Every family (BEVFormer v2, BEVNeXt, the LiDAR teacher, BEVDistill) registers a :class:`Family`: its config
-dataclass, its named presets and a builder. ``train``, ``eval`` and the benchmarks go through
-:func:`model_config_from_dict` and :func:`build_model` only, so a new family plugs into
-``python -m train`` and ``python -m eval`` by registering itself (``bev_model/__init__.py`` imports each
-family's registration module).
+Every family (BEVFormer v2, BEVNeXt, the LiDAR teacher, BEVDistill) defines one :class:`Family` value: its
+config dataclass, its named presets and its ``build`` function. ``_families()`` lists them explicitly (no
+registration on import): a reader finds what runs by reading this tuple and each family's ``build``.
+``train``, ``eval`` and the benchmarks go through :func:`model_config_from_dict` and :func:`build_model`
+only, so a new family plugs into ``python -m train`` and ``python -m eval`` by being added to the tuple.
+A model is chosen by its config's *type*; the preset name only picks which config to start from.
 
 The contract a family's config meets (:class:`DetectorConfig`) and the one its model meets
 (:class:`Detector`) are written out below; docs/DESIGN.md ("Detector families") describes them.
@@ -75,38 +76,39 @@ class Family:
     build: Callable[[Any], Any]
 
 
-FAMILIES: dict[str, Family] = {}
+def _families() -> tuple[Family, ...]:
+    """Every family, in the order presets are listed (imported here, not at module import, to avoid cycles)."""
+    from .presets import FAMILY as bevformer_v2
+
+    return (bevformer_v2,)
 
 
-def register_family(family: Family) -> Family:
-    """Add a family; a preset name may belong to one family only."""
-    for other in FAMILIES.values():
-        if other.name == family.name:
-            continue
-        clash = set(other.presets) & set(family.presets)
-        if clash:
-            raise ValueError(f"preset(s) {sorted(clash)} of family {family.name!r} already belong to {other.name!r}")
-    FAMILIES[family.name] = family
-    return family
+def _check_unique(families: tuple[Family, ...]) -> None:
+    seen: dict[str, str] = {}
+    for f in families:
+        for p in f.presets:
+            if p in seen:
+                raise ValueError(f"preset {p!r} of family {f.name!r} already belongs to {seen[p]!r}")
+            seen[p] = f.name
 
 
 def preset_names() -> tuple[str, ...]:
-    """Every registered preset name, family by family."""
-    return tuple(p for f in FAMILIES.values() for p in f.presets)
+    """Every preset name, family by family."""
+    return tuple(p for f in _families() for p in f.presets)
 
 
 def family_of_preset(name: str) -> Family:
-    for f in FAMILIES.values():
+    for f in _families():
         if name in f.presets:
             return f
     raise ConfigError(f"config key 'model.preset': unknown preset {name!r} (known: {', '.join(preset_names())})")
 
 
 def family_of_config(cfg: Any) -> Family:
-    for f in FAMILIES.values():
+    for f in _families():
         if type(cfg) is f.config_type:
             return f
-    raise TypeError(f"{type(cfg).__name__} is not the config type of a registered detector family")
+    raise TypeError(f"{type(cfg).__name__} is not the config type of a detector family (bev_model.registry._families)")
 
 
 def get_preset(name: str) -> Any:
@@ -147,3 +149,10 @@ def model_config_from_dict(data: Mapping[str, Any], prefix: str = "model") -> An
 def build_model(cfg: Any) -> Any:
     """A family's config -> its randomly initialised model (backbone weights only from a local file)."""
     return family_of_config(cfg).build(cfg)
+
+
+def families() -> tuple[Family, ...]:
+    """Every detector family (checked: a preset name belongs to one family only)."""
+    fams = _families()
+    _check_unique(fams)
+    return fams
