@@ -16,7 +16,6 @@ A rerun with the same settings skips complete shards and yields byte-identical o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -33,7 +32,7 @@ from shards.schema import MANIFEST_NAME, SCHEMA_VERSION
 from shards.typed_config import from_dict
 from shards.writer import write_shard
 
-__all__ = ["build_shards", "BuildError", "BuildSettings", "BUILD_STATE_NAME", "settings_fields"]
+__all__ = ["build_shards", "BuildError", "BuildSettings", "BUILD_STATE_NAME"]
 
 
 def _single_threaded_blas():
@@ -121,8 +120,3 @@ def build_shards(dataroot: Path | str, version: str, split: str, out: Path | str
         timings["plan_s"] = t_write - t_start
         timings["write_s"] = time.perf_counter() - t_write
     return manifest
-
-
-def settings_fields() -> list[str]:
-    """Names of the settings recorded in a manifest."""
-    return [f.name for f in dataclasses.fields(BuildSettings)]

@@ -7,7 +7,7 @@ apart in time) the ego-frame ``gt_boxes`` store 0 and the float64 global-frame `
 keeps the NaN. ``gt_translation``, ``gt_size`` and ``gt_rotation`` are the annotation table's
 values unchanged (the evaluator's exact ground truth).
 
-Every ``sample_data.filename`` is resolved inside the dataroot (:func:`data_file`): a table row
+Every ``sample_data.filename`` is resolved inside the dataroot (:class:`DatarootFiles`): a table row
 whose file is absolute, climbs out with ``..`` or reaches outside through a symlink is refused.
 """
 
@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISLNK
 from typing import Any
 
 import numpy as np
@@ -85,26 +86,52 @@ def load_nuscenes(dataroot: Path, version: str):
         raise BuildError(f"cannot load nuScenes {version} tables from {dataroot}: {type(e).__name__}: {e}") from e
 
 
-def data_file(dataroot: Path, sd: dict, what: str) -> str:
-    """Path of ``sample_data`` row ``sd``'s file, refused unless it stays inside ``dataroot``.
+class DatarootFiles:
+    """Paths of ``sample_data`` files, refused unless they stay inside the dataroot.
 
-    ``dataroot`` is absolute and resolved. The returned path is ``dataroot / filename`` (as
-    planned and digested); its resolved form (symlinks followed) must lie under ``dataroot``.
-
-    Raises:
-        BuildError: naming the ``sample_data`` token, ``what`` (camera and sample) and the filename.
+    ``dataroot`` must be absolute and resolved. A file's path is ``dataroot / filename`` (as planned
+    and digested); its resolved form (symlinks followed) must lie under ``dataroot``. Directories are
+    resolved once each (nuScenes keeps its files in a few dozen), files only when they are symlinks.
     """
-    name = sd.get("filename")
-    where = f"sample_data {sd.get('token')} ({what}): filename {name!r}"
-    if not isinstance(name, str) or not name:
-        raise BuildError(f"{where} is not a file name")
-    if os.path.isabs(name) or name.startswith(("/", "\\")):
-        raise BuildError(f"{where} is an absolute path; sample_data files must be inside the dataroot {dataroot}")
-    path = str(dataroot / name)
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, str(dataroot)]) != str(dataroot) or real == str(dataroot):
-        raise BuildError(f"{where} leaves the dataroot {dataroot} (resolves to {real})")
-    return path
+
+    def __init__(self, dataroot: Path) -> None:
+        self.root = str(dataroot)
+        self._dirs: dict[str, bool] = {}
+
+    def _inside(self, real: str) -> bool:
+        return real != self.root and os.path.commonpath([real, self.root]) == self.root
+
+    def stat(self, sd: dict, what: str) -> tuple[str, int | None]:
+        """Path and size of ``sample_data`` row ``sd``'s file (size None when the file is missing).
+
+        Raises:
+            BuildError: naming the ``sample_data`` token, ``what`` (channel and sample) and the filename.
+        """
+        name = sd.get("filename")
+        where = f"sample_data {sd.get('token')} ({what}): filename {name!r}"
+        if not isinstance(name, str) or not name:
+            raise BuildError(f"{where} is not a file name")
+        if os.path.isabs(name) or name.startswith(("/", "\\")):
+            raise BuildError(f"{where} is an absolute path; sample_data files must be inside the dataroot "
+                             f"{self.root}")
+        path = os.path.join(self.root, name)
+        head, tail = os.path.split(path)
+        if head not in self._dirs:
+            real_dir = os.path.realpath(head)
+            self._dirs[head] = real_dir == self.root or self._inside(real_dir)
+        try:
+            st: os.stat_result | None = os.lstat(path)  # one syscall: symlink test and size
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if not self._dirs[head] or tail in ("", ".", "..") or (st is not None and S_ISLNK(st.st_mode)):
+            real = os.path.realpath(path)
+            if not self._inside(real):
+                raise BuildError(f"{where} leaves the dataroot {self.root} (resolves to {real})")
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+        return str(Path(self.root) / name), None if st is None else st.st_size
 
 
 def resize_matrix(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
@@ -113,7 +140,7 @@ def resize_matrix(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
     return np.array([[sx, 0.0, 0.5 * (sx - 1.0)], [0.0, sy, 0.5 * (sy - 1.0)], [0.0, 0.0, 1.0]])
 
 
-def sample_job(nusc, dataroot: Path, scene: dict, sample: dict, frame: int, settings: BuildSettings,
+def sample_job(nusc, files: DatarootFiles, scene: dict, sample: dict, frame: int, settings: BuildSettings,
                missing: list[SkippedSample]) -> SampleJob | None:
     """Sidecar row + file list of one keyframe (None, recorded in ``missing``, when skipped)."""
     key = sample_key(scene["name"], frame)
@@ -130,10 +157,8 @@ def sample_job(nusc, dataroot: Path, scene: dict, sample: dict, frame: int, sett
         if cam not in data:
             raise BuildError(f"sample {sample['token']} ({key}) has no {cam} sample_data")
         sd = nusc.get("sample_data", data[cam])
-        path = data_file(dataroot, sd, f"{cam} of sample {key}")
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
+        path, size = files.stat(sd, f"{cam} of sample {key}")
+        if size is None:
             absent.append(sd["filename"])
             continue
         cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
@@ -153,17 +178,17 @@ def sample_job(nusc, dataroot: Path, scene: dict, sample: dict, frame: int, sett
         cam_files.append((member, path, size))
     lidar_file, lidar2ego = None, None
     if settings.lidar:
-        path = data_file(dataroot, lidar_sd, f"LIDAR_TOP of sample {key}")
-        try:
-            lidar_file = (path, os.stat(path).st_size)
-        except FileNotFoundError:
+        path, size = files.stat(lidar_sd, f"LIDAR_TOP of sample {key}")
+        if size is None:
             absent.append(lidar_sd["filename"])
+        else:
+            lidar_file = (path, size)
         cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
         lidar2ego = _flat(cv.pose_matrix(cs["rotation"], cs["translation"]))
     if absent:
         if not settings.skip_missing:
             raise BuildError(f"file(s) referenced by sample {sample['token']} ({key}) missing on disk: "
-                             f"{', '.join(str(dataroot / a) for a in absent)} "
+                             f"{', '.join(str(Path(files.root) / a) for a in absent)} "
                              "(pass --skip-missing to skip such samples)")
         missing.append(SkippedSample(key=key, sample_token=sample["token"], missing=absent))
         return None

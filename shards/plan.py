@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from shards.errors import BuildError
 from shards.manifest import BuildSettings, SkippedSample
-from shards.nuscenes_rows import SampleJob, sample_job
+from shards.nuscenes_rows import DatarootFiles, SampleJob, sample_job
 from shards.schema import shard_name
 from shards.writer import TAR_BLOCK
 
@@ -68,13 +68,14 @@ def plan_shards(nusc, dataroot: Path, split: str, settings: BuildSettings,
     cur_bytes = 0
     missing: list[SkippedSample] = []
     clip_id = 0
+    files = DatarootFiles(dataroot)
     for name in tqdm(names, desc=f"plan {split}", unit="scene", disable=not progress):
         scene = by_name[name]
         clips: list[list[SampleJob]] = []
         token, frame, prev_kept = scene["first_sample_token"], 0, False
         while token:
             sample = nusc.get("sample", token)
-            job = sample_job(nusc, dataroot, scene, sample, frame, settings, missing)
+            job = sample_job(nusc, files, scene, sample, frame, settings, missing)
             if job is not None:
                 if not prev_kept or len(clips[-1]) >= settings.clip_frames:
                     clips.append([])

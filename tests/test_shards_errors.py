@@ -147,16 +147,19 @@ def _outside_jpeg(root: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "directory-symlink"])
 def test_camera_file_outside_the_dataroot_is_refused(root_copy, tmp_path, how):
     outside = _outside_jpeg(root_copy)
     if how == "dotdot":
         name = "samples/CAM_FRONT/../../../outside.jpg"
     elif how == "absolute":
         name = str(outside)
-    else:
+    elif how == "symlink":
         (root_copy / "samples" / "CAM_FRONT" / "link.jpg").symlink_to(outside)
         name = "samples/CAM_FRONT/link.jpg"
+    else:
+        (root_copy / "samples" / "elsewhere").symlink_to(outside.parent, target_is_directory=True)
+        name = "samples/elsewhere/outside.jpg"
     token = _point_sample_data_at(root_copy, "CAM_FRONT", name)
     with pytest.raises(BuildError, match=rf"sample_data {token} \(CAM_FRONT of sample scene-0061_0000\): "
                                          rf"filename '{re.escape(name)}' (leaves the dataroot|is an absolute path)"):
