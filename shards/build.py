@@ -2,12 +2,12 @@
 
 :func:`build_shards` is the entry point; the steps live in one module each:
 
-1. :mod:`shards.nuscenes_rows`: check the inputs, load the tables with nuscenes-devkit, turn every
+1. :mod:`shards.build_rows`: check the inputs, load the tables with nuscenes-devkit, turn every
    keyframe into a sidecar row and its source files (all inside the dataroot);
-2. :mod:`shards.plan`: pack keyframes into clips and clips into shards, deterministically; the
+2. :mod:`shards.build_plan`: pack keyframes into clips and clips into shards, deterministically; the
    plan's digest;
-3. :mod:`shards.outdir`: the output directory's state (refuse, resume or overwrite; ``.build.json``);
-4. :mod:`shards.writer`: write each shard (tar, sidecar, index; atomically, the tar last);
+3. :mod:`shards.build_outdir`: the output directory's state (refuse, resume or overwrite; ``.build.json``);
+4. :mod:`shards.build_writer`: write each shard (tar, sidecar, index; atomically, the tar last);
 5. :mod:`shards.manifest`: the :class:`~shards.manifest.Manifest` written as ``manifest.json``.
 
 A rerun with the same settings skips complete shards and yields byte-identical output.
@@ -23,14 +23,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from shards.build_outdir import (
+    BUILD_STATE_NAME,
+    check_out_dir,
+    existing_entry,
+    prepare_out,
+    write_json_atomic,
+)
+from shards.build_plan import plan_digest, plan_shards
+from shards.build_rows import check_inputs, load_nuscenes
+from shards.build_writer import write_shard
 from shards.errors import BuildError
 from shards.manifest import FORMAT, BuildSettings, BuildState, Manifest, ManifestSource, ShardEntry
-from shards.nuscenes_rows import check_inputs, load_nuscenes
-from shards.outdir import BUILD_STATE_NAME, check_out_dir, existing_entry, prepare_out, write_json_atomic
-from shards.plan import plan_digest, plan_shards
 from shards.schema import MANIFEST_NAME, SCHEMA_VERSION
 from shards.typed_config import from_dict
-from shards.writer import write_shard
 
 __all__ = ["build_shards", "BuildError", "BuildSettings", "BUILD_STATE_NAME"]
 

@@ -23,7 +23,7 @@ from shards.manifest import BuildSettings, ShardEntry
 from shards.schema import LIDAR_MEMBER, SIDECAR_SCHEMA
 
 if TYPE_CHECKING:
-    from shards.plan import ShardJob
+    from shards.build_plan import ShardJob
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK

@@ -12,14 +12,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shards.build_writer import sha256_file, shard_entry, shard_paths
 from shards.errors import BuildError
 from shards.manifest import BuildState, ShardEntry, json_text
 from shards.schema import MANIFEST_NAME
 from shards.typed_config import to_dict
-from shards.writer import sha256_file, shard_entry, shard_paths
 
 if TYPE_CHECKING:
-    from shards.plan import ShardJob
+    from shards.build_plan import ShardJob
 
 BUILD_STATE_NAME = ".build.json"
 """Written at the start of a build: the settings and plan a resumed build must match."""

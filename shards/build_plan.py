@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from shards.build_rows import DatarootFiles, SampleJob, sample_job
+from shards.build_writer import TAR_BLOCK
 from shards.errors import BuildError
 from shards.manifest import BuildSettings, SkippedSample
-from shards.nuscenes_rows import DatarootFiles, SampleJob, sample_job
 from shards.schema import shard_name
-from shards.writer import TAR_BLOCK
 
 
 @dataclass
