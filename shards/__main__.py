@@ -54,8 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from shards.build import BuildError
-    from shards.reader import ShardFormatError
+    from shards.errors import BuildError, ShardFormatError
     from shards.synth import SynthError
     from shards.typed_config import ConfigError
 
@@ -74,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                              max_shard_mb=args.max_shard_mb, resize=args.resize, jpeg_quality=args.jpeg_quality,
                              lidar=args.lidar, workers=args.workers, overwrite=args.overwrite,
                              skip_missing=args.skip_missing, processes=args.processes)
-            print(f"wrote {m['num_shards']} shards, {m['num_samples']} samples, {m['num_clips']} clips "
-                  f"({m['bytes'] / 1e6:.1f} MB) to {args.out}"
-                  + (f"; skipped {len(m['skipped'])} samples with missing files" if m["skipped"] else ""))
+            print(f"wrote {m.num_shards} shards, {m.num_samples} samples, {m.num_clips} clips "
+                  f"({m.bytes / 1e6:.1f} MB) to {args.out}"
+                  + (f"; skipped {len(m.skipped)} samples with missing files" if m.skipped else ""))
         elif args.cmd == "verify":
             from shards.verify import verify_shards
 

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 
 from shards.conventions import CLASSES
 from shards.reader import open_sidecar, read_manifest
+from shards.typed_config import to_dict
 
 
 def shard_info(out: Path | str) -> dict:
@@ -17,18 +18,18 @@ def shard_info(out: Path | str) -> dict:
     m = read_manifest(out)
     per_class: Counter[str] = Counter()
     scenes: set[str] = set()
-    for e in m["shards"]:
-        t = open_sidecar(out / e["sidecar"])
+    for e in m.shards:
+        t = open_sidecar(out / e.sidecar)
         scenes.update(t.column("scene_name").to_pylist())
         labels = pc.list_flatten(t.column("gt_labels")).to_numpy(zero_copy_only=False)
         for lab, n in Counter(labels.tolist()).items():
             per_class[CLASSES[lab] if lab >= 0 else "(other categories)"] += n
     return {
-        "source": m["source"], "settings": m["settings"], "shards": m["num_shards"], "samples": m["num_samples"],
-        "scenes": len(scenes), "clips": m["num_clips"], "boxes": sum(per_class.values()),
+        "source": to_dict(m.source), "settings": to_dict(m.settings), "shards": m.num_shards,
+        "samples": m.num_samples, "scenes": len(scenes), "clips": m.num_clips, "boxes": sum(per_class.values()),
         "boxes_per_class": {c: per_class.get(c, 0) for c in (*CLASSES, "(other categories)")},
-        "tar_bytes": sum(e["bytes"] for e in m["shards"]),
-        "sidecar_bytes": sum(e["sidecar_bytes"] for e in m["shards"]), "skipped": len(m.get("skipped", [])),
+        "tar_bytes": sum(e.bytes for e in m.shards),
+        "sidecar_bytes": sum(e.sidecar_bytes for e in m.shards), "skipped": len(m.skipped),
     }
 
 

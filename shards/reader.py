@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 
 from shards import conventions as cv
-from shards.schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from shards.errors import ShardFormatError
+from shards.manifest import Manifest, parse_manifest
+from shards.schema import MANIFEST_NAME, SCHEMA_VERSION, SCHEMA_VERSION_KEY
 
-
-class ShardFormatError(ValueError):
-    """A shard, sidecar or manifest is not what the format promises; the message names the file."""
+__all__ = ["ShardFormatError", "ShardSample", "open_sidecar", "split_member", "iter_tar_members", "iter_shard",
+           "read_manifest", "load_points", "sample_matrices"]
 
 
 @dataclass
@@ -115,21 +115,23 @@ def iter_shard(tar_path_or_fileobj: str | Path | IO[bytes],
         yield cur
 
 
-def read_manifest(path: str | Path) -> dict:
-    """Read ``manifest.json`` (path to the file or to the shard directory)."""
+def read_manifest(path: str | Path) -> Manifest:
+    """Read ``manifest.json`` (path to the file or to the shard directory) into a :class:`Manifest`.
+
+    Raises:
+        ShardFormatError: missing, not UTF-8 JSON, not an object, another schema version, or a shard file
+            name that is not a plain name in the manifest's directory.
+    """
     p = Path(path)
     if p.is_dir():
-        p = p / "manifest.json"
+        p = p / MANIFEST_NAME
     try:
-        manifest = json.loads(p.read_text())
+        data = p.read_bytes()
     except FileNotFoundError as e:
         raise ShardFormatError(f"manifest not found: {p}") from e
-    except json.JSONDecodeError as e:
-        raise ShardFormatError(f"manifest {p} is not valid JSON: {e}") from e
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ShardFormatError(f"manifest {p} has schema version {manifest.get('schema_version')!r}, "
-                               f"this reader reads {SCHEMA_VERSION}")
-    return manifest
+    except OSError as e:
+        raise ShardFormatError(f"cannot read manifest {p}: {e}") from e
+    return parse_manifest(data, p)
 
 
 def load_points(data: bytes) -> np.ndarray:

@@ -4,7 +4,9 @@ Checks, per shard: the tar, sidecar and index exist; sizes and sha256 match the
 manifest; the tar parses; every sample has the six camera members (and the LiDAR
 member when built with it); the sidecar has one row per sample, in tar order, with
 the same key; the DALI index matches the tar's offsets. ``--deep`` also decodes
-every JPEG and loads every point cloud. Each problem names the shard and key.
+every JPEG and loads every point cloud. Each problem names the shard and key. A manifest that
+cannot be read, or that names a shard file outside its own directory (``../x.tar``, an absolute
+path, a URL), is refused with :class:`~shards.errors.ShardFormatError` before any file is opened.
 """
 
 from __future__ import annotations
@@ -83,28 +85,29 @@ def _check_index(path: Path, samples: list[tuple[str, list]], problems: list[Pro
 
 
 def verify_shards(out: Path | str, deep: bool = False, progress: bool = False) -> list[Problem]:
-    """Check the shard directory ``out``; return every problem found (empty: all good)."""
+    """Check the shard directory ``out``; return every problem found (empty: all good).
+
+    Raises:
+        ShardFormatError: the manifest is missing or unreadable, or names a file outside ``out``.
+    """
     out = Path(out)
-    try:
-        manifest = read_manifest(out)
-    except ShardFormatError as e:
-        return [Problem("manifest.json", "", str(e))]
-    lidar = bool(manifest.get("settings", {}).get("lidar"))
+    manifest = read_manifest(out)
+    lidar = manifest.settings.lidar
     problems: list[Problem] = []
-    for entry in tqdm(manifest["shards"], desc="verify", unit="shard", disable=not progress):
-        name = entry["name"]
-        tar, arrow, idx = out / entry["tar"], out / entry["sidecar"], out / entry["index"]
+    for entry in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
+        name = entry.name
+        tar, arrow, idx = out / entry.tar, out / entry.sidecar, out / entry.index
         for p in (tar, arrow, idx):
             if not p.is_file():
                 problems.append(Problem(name, "", f"missing file {p.name}"))
         if not (tar.is_file() and arrow.is_file()):
             continue
-        if tar.stat().st_size != entry["bytes"]:
+        if tar.stat().st_size != entry.bytes:
             problems.append(Problem(name, "", f"{tar.name} has {tar.stat().st_size} bytes, manifest says "
-                                              f"{entry['bytes']}"))
-        if _sha256(tar) != entry["sha256"]:
+                                              f"{entry.bytes}"))
+        if _sha256(tar) != entry.sha256:
             problems.append(Problem(name, "", f"{tar.name} sha256 does not match the manifest"))
-        if _sha256(arrow) != entry["sidecar_sha256"]:
+        if _sha256(arrow) != entry.sidecar_sha256:
             problems.append(Problem(name, "", f"{arrow.name} sha256 does not match the manifest"))
 
         # samples of the tar, grouped by key in order
@@ -128,8 +131,8 @@ def verify_shards(out: Path | str, deep: bool = False, progress: bool = False) -
                 msg = (f"lacks {', '.join(lacking)}" if lacking else "") + \
                       ("; " if lacking and extra else "") + (f"unexpected {', '.join(extra)}" if extra else "")
                 problems.append(Problem(name, key, msg))
-        if len(samples) != entry["samples"]:
-            problems.append(Problem(name, "", f"tar holds {len(samples)} samples, manifest says {entry['samples']}"))
+        if len(samples) != entry.samples:
+            problems.append(Problem(name, "", f"tar holds {len(samples)} samples, manifest says {entry.samples}"))
 
         try:
             keys = open_sidecar(arrow).column("key").to_pylist()

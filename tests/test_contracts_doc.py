@@ -1,23 +1,20 @@
 """docs/CONTRACTS.md must match the code: sidecar schema, manifest keys and Batch fields.
 
 Names (and sidecar types) come from the real objects: ``shards.schema.SIDECAR_SCHEMA``,
-``shards.build`` and ``shards.contracts.batch.Batch``. Nothing is built; this runs in milliseconds
+the dataclasses of ``shards.manifest`` and ``shards.contracts.batch.Batch``. Nothing is built; this runs in milliseconds
 once the modules are imported.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import re
-import textwrap
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from shards import build
+from shards import manifest
 from shards.contracts.batch import Batch
 from shards.schema import CAMERA_STRUCT, SCHEMA_VERSION, SIDECAR_SCHEMA
 
@@ -107,33 +104,38 @@ def test_camera_struct_fields_and_types(doc):
     assert not wrong, f"camera struct field types (doc, code) differ: {wrong}"
 
 
-def literal_keys(func, var: str) -> set[str]:
-    """String keys of the dict literals that ``func`` assigns to ``var`` or passes to ``var.append``."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    values = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == var for t in node.targets):
-            values.append(node.value)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append"
-              and isinstance(node.func.value, ast.Name) and node.func.value.id == var):
-            values.extend(node.args)
-    keys = {k.value for v in values for d in ast.walk(v) if isinstance(d, ast.Dict)
-            for k in d.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
-    assert keys, f"no dict literal assigned to {var!r} in {func.__name__} (update this test)"
-    return keys
+def tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables of ``text`` in order, each as the cells of its rows (header and rule excluded)."""
+    out: list[list[list[str]]] = []
+    prev = False
+    for line in text.splitlines():
+        is_row = line.startswith("|")
+        if is_row and not prev:
+            out.append([])
+        if is_row:
+            out[-1].append([c.strip() for c in line.strip().strip("|").split("|")])
+        prev = is_row
+    return [rows[2:] for rows in out]
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def test_manifest_keys(doc):
+    """The three tables of the manifest section are the fields of Manifest, BuildSettings and ShardEntry
+    (in order), and the source and skipped-sample keys are named in the text."""
     text = section(doc, "## manifest.json")
-    documented = set(re.findall(r"`(\w+)`", text))
-    top = literal_keys(build.build_shards, "manifest") | literal_keys(build.build_shards, "state")
-    skipped = literal_keys(build._sample_job, "missing")
-    sample = build.SampleJob("s_0000", 0, [], None, None, {"scene_name": "s", "ann_tokens": []}, (1, 1))
-    entry = build._shard_entry(build.ShardJob("x-000000", [sample]), 0, "", 0, "")
-    for what, keys in (("manifest keys", top), ("skipped-sample keys", skipped),
-                       ("settings", build.settings_fields()), ("shard entry keys", entry)):
-        missing = sorted(k for k in keys if k not in documented)
-        assert not missing, f"docs/CONTRACTS.md, manifest.json: {what} not documented: {missing}"
+    top, settings, entry = ([n for cells in t for n in names(cells[0])] for t in tables(text))
+    assert top == field_names(manifest.Manifest), "manifest.json keys: doc vs shards.manifest.Manifest"
+    assert settings == field_names(manifest.BuildSettings), "settings: doc vs shards.manifest.BuildSettings"
+    assert entry == field_names(manifest.ShardEntry), "shard entry: doc vs shards.manifest.ShardEntry"
+    rows = {n: cells[2] for cells in tables(text)[0] for n in names(cells[0])}
+    for key, cls in (("source", manifest.ManifestSource), ("skipped", manifest.SkippedSample)):
+        missing = [f for f in field_names(cls) if f"`{f}`" not in rows[key]]
+        assert not missing, f"docs/CONTRACTS.md, manifest.json: {key} keys not documented: {missing}"
+    state = set(re.findall(r"`(\w+)`", text.split("|")[0]))  # the paragraph above the tables
+    assert ".build.json" in text and set(field_names(manifest.BuildState)) <= state
 
 
 def test_batch_fields(doc):

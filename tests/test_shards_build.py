@@ -15,6 +15,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from shards import conventions as cv
+from shards.manifest import ManifestSource
 from shards.reader import iter_shard, open_sidecar, read_manifest, sample_matrices
 from shards.schema import CAMERA_MEMBERS, SCHEMA_VERSION, SIDECAR_SCHEMA
 from shards.synth.render import PALETTE
@@ -30,8 +31,8 @@ def nusc(synth_dataroot):
 
 def _rows(out: Path) -> list[dict]:
     rows = []
-    for e in read_manifest(out)["shards"]:
-        rows += open_sidecar(out / e["sidecar"]).to_pylist()
+    for e in read_manifest(out).shards:
+        rows += open_sidecar(out / e.sidecar).to_pylist()
     return rows
 
 
@@ -131,12 +132,12 @@ def test_projected_box_centres_land_on_their_rendered_objects(synth_shards):
 def test_sidecar_has_exactly_the_design_schema(synth_shards):
     out = synth_shards["mini_train"]
     m = read_manifest(out)
-    assert m["schema_version"] == SCHEMA_VERSION
-    for e in m["shards"]:
-        t = open_sidecar(out / e["sidecar"])
+    assert m.schema_version == SCHEMA_VERSION
+    for e in m.shards:
+        t = open_sidecar(out / e.sidecar)
         assert t.schema.equals(SIDECAR_SCHEMA, check_metadata=True)
-        assert t.num_rows == e["samples"]
-    t = open_sidecar((out / m["shards"][0]["sidecar"]).read_bytes())
+        assert t.num_rows == e.samples
+    t = open_sidecar((out / m.shards[0].sidecar).read_bytes())
     assert t.schema.field("gt_boxes").type == pa.list_(pa.list_(pa.float32(), 9))
     for name, width in (("gt_translation", 3), ("gt_size", 3), ("gt_rotation", 4), ("gt_velocity", 2)):
         assert t.schema.field(name).type == pa.list_(pa.list_(pa.float64(), width)), name
@@ -145,11 +146,11 @@ def test_sidecar_has_exactly_the_design_schema(synth_shards):
 def test_shards_hold_whole_clips_in_time_order(synth_shards):
     out = synth_shards["mini_train"]
     m = read_manifest(out)
-    assert m["num_shards"] >= 4 and m["num_samples"] == 48 and m["num_clips"] == 16
+    assert m.num_shards >= 4 and m.num_samples == 48 and m.num_clips == 16
     seen = []
-    for e in m["shards"]:
-        keys = [s.key for s in iter_shard(out / e["tar"])]
-        rows = open_sidecar(out / e["sidecar"]).to_pylist()
+    for e in m.shards:
+        keys = [s.key for s in iter_shard(out / e.tar)]
+        rows = open_sidecar(out / e.sidecar).to_pylist()
         assert keys == [r["key"] for r in rows]
         assert rows[0]["frame_index"] % 3 == 0 and rows[-1]["frame_index"] % 3 == 2  # clips of 3, whole
         for a, b in zip(rows, rows[1:]):
@@ -171,13 +172,14 @@ def test_dali_index_matches_dalis_own_indexer(synth_shards, tmp_path):
 def test_manifest_checksums_and_counts(synth_shards):
     out = synth_shards["mini_val"]
     m = read_manifest(out)
-    for e in m["shards"]:
-        assert hashlib.sha256((out / e["tar"]).read_bytes()).hexdigest() == e["sha256"]
-        assert hashlib.sha256((out / e["sidecar"]).read_bytes()).hexdigest() == e["sidecar_sha256"]
-        assert (out / e["tar"]).stat().st_size == e["bytes"]
-    assert m["source"] == {"version": "v1.0-mini", "split": "mini_val", "dataroot": "nuscenes"}
-    assert m["settings"]["clip_frames"] == 3 and m["num_scenes"] == 2
-    json.dumps(m)  # plain JSON
+    for e in m.shards:
+        assert hashlib.sha256((out / e.tar).read_bytes()).hexdigest() == e.sha256
+        assert hashlib.sha256((out / e.sidecar).read_bytes()).hexdigest() == e.sidecar_sha256
+        assert (out / e.tar).stat().st_size == e.bytes
+    assert m.source == ManifestSource(version="v1.0-mini", split="mini_val", dataroot="nuscenes")
+    assert m.settings.clip_frames == 3 and m.num_scenes == 2
+    text = (out / "manifest.json").read_text()
+    assert json.loads(text) == m.to_dict() and m.to_json() == text  # the file is the dataclass, key for key
 
 
 def test_lidar_member_is_in_the_keyframe_ego_frame(synth_shards_lidar, synth_dataroot, nusc):
@@ -222,6 +224,6 @@ def test_parallel_build_gives_the_same_bytes(synth_dataroot, synth_shards, tmp_p
                       processes=True, progress=False)
     assert mp == m
     ref = read_manifest(synth_shards["mini_train"])
-    assert [e["sha256"] for e in m["shards"]] == [e["sha256"] for e in ref["shards"]]
-    assert [e["sidecar_sha256"] for e in m["shards"]] == [e["sidecar_sha256"] for e in ref["shards"]]
+    assert [e.sha256 for e in m.shards] == [e.sha256 for e in ref.shards]
+    assert [e.sidecar_sha256 for e in m.shards] == [e.sidecar_sha256 for e in ref.shards]
     assert (tmp_path / "p" / "manifest.json").read_text() == (synth_shards["mini_train"] / "manifest.json").read_text()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shards.__main__ import main
 from shards.build import BuildError, build_shards
+from shards.manifest import Manifest, SkippedSample
 from shards.synth import synthesize
 
 
@@ -27,7 +31,7 @@ def root_copy(tiny_root, tmp_path) -> Path:
     return dst
 
 
-def _build(root: Path, out: Path, split: str = "mini_train", version: str = "v1.0-mini", **kw) -> dict:
+def _build(root: Path, out: Path, split: str = "mini_train", version: str = "v1.0-mini", **kw) -> Manifest:
     return build_shards(root, version, split, out, progress=False, **kw)
 
 
@@ -69,9 +73,9 @@ def test_missing_jpeg_is_named_or_skipped_and_recorded(root_copy, tmp_path):
     with pytest.raises(BuildError, match=f"missing on disk: .*{victim.name}.*--skip-missing"):
         _build(root_copy, tmp_path / "out")
     m = _build(root_copy, tmp_path / "out2", skip_missing=True)
-    assert m["num_samples"] == 1
-    assert m["skipped"] == [{"key": "scene-0061_0001", "sample_token": m["skipped"][0]["sample_token"],
-                             "missing": [f"samples/CAM_BACK/{victim.name}"]}]
+    assert m.num_samples == 1
+    assert m.skipped == [SkippedSample(key="scene-0061_0001", sample_token=m.skipped[0].sample_token,
+                                       missing=[f"samples/CAM_BACK/{victim.name}"])]
 
 
 def test_missing_lidar_file_is_named(tiny_root, tmp_path):
@@ -97,7 +101,7 @@ def test_out_built_with_other_settings_is_refused_unless_overwrite(tiny_root, tm
     with pytest.raises(BuildError, match=r"built differently \(clip_frames: 2 there, 1 now\).*--overwrite"):
         _build(tiny_root, out, clip_frames=1)
     m = _build(tiny_root, out, clip_frames=1, overwrite=True)
-    assert m["settings"]["clip_frames"] == 1 and m["num_clips"] == 2
+    assert m.settings.clip_frames == 1 and m.num_clips == 2
 
 
 def test_foreign_out_directory_is_refused(tiny_root, tmp_path):
@@ -120,3 +124,90 @@ def test_bad_settings_are_named(tiny_root, tmp_path):
         _build(tiny_root, tmp_path / "out", clip_frames=0)
     with pytest.raises(BuildError, match="jpeg_quality"):
         _build(tiny_root, tmp_path / "out", resize=(32, 18), jpeg_quality=0)
+
+
+# --------------------------------------------------------------------------- files outside the dataroot
+
+
+def _point_sample_data_at(root: Path, channel: str, filename: str) -> str:
+    """Set the filename of scene-0061's first ``channel`` sample_data row; return that row's token."""
+    table = root / "v1.0-mini" / "sample_data.json"
+    rows = json.loads(table.read_text())
+    row = next(r for r in rows if f"scene-0061__{channel}__" in r["filename"])
+    row["filename"] = filename
+    table.write_text(json.dumps(rows))
+    return row["token"]
+
+
+def _outside_jpeg(root: Path) -> Path:
+    """A valid JPEG beside the dataroot (a copy of one of its images)."""
+    src = sorted((root / "samples" / "CAM_FRONT").glob("*scene-0061*"))[0]
+    dst = root.parent / "outside.jpg"
+    shutil.copy(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "directory-symlink"])
+def test_camera_file_outside_the_dataroot_is_refused(root_copy, tmp_path, how):
+    outside = _outside_jpeg(root_copy)
+    if how == "dotdot":
+        name = "samples/CAM_FRONT/../../../outside.jpg"
+    elif how == "absolute":
+        name = str(outside)
+    elif how == "symlink":
+        (root_copy / "samples" / "CAM_FRONT" / "link.jpg").symlink_to(outside)
+        name = "samples/CAM_FRONT/link.jpg"
+    else:
+        (root_copy / "samples" / "elsewhere").symlink_to(outside.parent, target_is_directory=True)
+        name = "samples/elsewhere/outside.jpg"
+    token = _point_sample_data_at(root_copy, "CAM_FRONT", name)
+    with pytest.raises(BuildError, match=rf"sample_data {token} \(CAM_FRONT of sample scene-0061_0000\): "
+                                         rf"filename '{re.escape(name)}' (leaves the dataroot|is an absolute path)"):
+        _build(root_copy, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused while planning, before anything is written
+
+
+def test_symlink_inside_the_dataroot_is_followed(root_copy, tmp_path):
+    src = sorted((root_copy / "samples" / "CAM_FRONT").glob("*scene-0061*"))[0]
+    (root_copy / "samples" / "CAM_FRONT" / "link.jpg").symlink_to(src)
+    _point_sample_data_at(root_copy, "CAM_FRONT", "samples/CAM_FRONT/link.jpg")
+    assert _build(root_copy, tmp_path / "out").num_samples == 2
+
+
+def test_lidar_file_outside_the_dataroot_is_refused(root_copy, tmp_path):
+    np.zeros((10, 5), dtype=np.float32).tofile(root_copy.parent / "outside.pcd.bin")
+    token = _point_sample_data_at(root_copy, "LIDAR_TOP", "../outside.pcd.bin")
+    with pytest.raises(BuildError, match=rf"sample_data {token} \(LIDAR_TOP of sample scene-0061_0000\): "
+                                         r"filename '../outside.pcd.bin' leaves the dataroot"):
+        _build(root_copy, tmp_path / "out", lidar=True, skip_missing=True)
+
+
+# --------------------------------------------------------------------------- the output directory
+
+
+def _cli_build(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["build", "--dataroot", str(root), "--version", "v1.0-mini", "--split", "mini_train", "--out", str(out),
+            *extra]
+
+
+def test_out_that_is_a_file_exits_2(tiny_root, tmp_path, capsys):
+    (tmp_path / "out").write_text("x")
+    assert main(_cli_build(tiny_root, tmp_path / "out")) == 2
+    assert f"error: --out {tmp_path / 'out'}: {tmp_path / 'out'} exists and is not a directory" in \
+        capsys.readouterr().err
+    assert main(_cli_build(tiny_root, tmp_path / "out" / "sub")) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [".build.json", "manifest.json"])
+@pytest.mark.parametrize("content", [b"[1, 2]", b'"text"', b"\xff\xfe{}"], ids=["list", "string", "not-utf8"])
+def test_unreadable_build_state_exits_2_and_overwrite_replaces_it(tiny_root, tmp_path, capsys, name, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(content)
+    assert main(_cli_build(tiny_root, out)) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out / name} " in err and "--overwrite" in err and "Traceback" not in err
+    assert ("not a UTF-8 JSON file" in err) if content.startswith(b"\xff") else ("not an object" in err)
+    assert main(_cli_build(tiny_root, out, "--overwrite")) == 0
+    assert json.loads((out / ".build.json").read_text())["source"]["split"] == "mini_train"

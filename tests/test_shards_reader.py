@@ -55,7 +55,7 @@ def test_open_sidecar_is_memory_mapped_and_checks_version(synth_shards, tmp_path
 
 
 def test_read_manifest_errors(synth_shards, tmp_path):
-    assert read_manifest(synth_shards["mini_val"])["source"]["split"] == "mini_val"
+    assert read_manifest(synth_shards["mini_val"]).source.split == "mini_val"
     with pytest.raises(ShardFormatError, match="manifest not found"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
@@ -63,6 +63,24 @@ def test_read_manifest_errors(synth_shards, tmp_path):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 0}))
     with pytest.raises(ShardFormatError, match="schema version"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(ShardFormatError, match="is not a JSON object"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"\xff{}")
+    with pytest.raises(ShardFormatError, match="is not UTF-8"):
+        read_manifest(tmp_path)
+
+
+def test_read_manifest_is_strict_about_keys(synth_shards, tmp_path):
+    m = json.loads((synth_shards["mini_val"] / "manifest.json").read_text())
+    m["shards"][0]["extra"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardFormatError, match=r"manifest .*manifest.json: unknown config key 'shards\[0\].extra'"):
+        read_manifest(tmp_path)
+    del m["shards"][0]["extra"], m["num_boxes"]
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardFormatError, match="missing required config key 'num_boxes'"):
         read_manifest(tmp_path)
 
 

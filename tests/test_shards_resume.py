@@ -43,13 +43,13 @@ def _kill_mid_build(root: Path, out: Path, overwrite: bool) -> bool:
 def test_resume_after_sigkill_gives_identical_checksums(synth_dataroot, tmp_path):
     root, version = synth_dataroot
     ref = build_shards(root, version, "mini_train", tmp_path / "ref", progress=False, **SETTINGS)
-    assert ref["num_shards"] >= 8
+    assert ref.num_shards >= 8
 
     out = tmp_path / "killed"
     killed = any(_kill_mid_build(root, out, overwrite=attempt > 0) for attempt in range(3))
     assert killed, "the build finished before it could be killed"
     done = list(out.glob("mini_train-*.tar"))
-    assert 0 < len(done) < ref["num_shards"]
+    assert 0 < len(done) < ref.num_shards
 
     # a leftover temp file and a lost sidecar of a finished shard must not matter either
     (out / "mini_train-000099.tar.tmp").write_bytes(b"partial")
@@ -73,5 +73,5 @@ def test_relative_and_absolute_dataroot_are_the_same_build(synth_dataroot, tmp_p
     before = _digests(out)
     monkeypatch.chdir(tmp_path)
     again = build_shards(root.resolve(), version, "mini_val", out, progress=False, **SETTINGS)
-    assert again["plan_digest"] == first["plan_digest"]
+    assert again.plan_digest == first.plan_digest
     assert _digests(out) == before
