@@ -8,11 +8,14 @@
   the P scalars are then summed into ``grad_depth`` at ``ranks_depth`` (a scatter of P values, not P x C).
 
 Compute is float32 (float64 when an input is float64, e.g. for gradcheck); fp16/bf16 inputs are computed in
-float32 and cast back.
+float32 and cast back. Problems under ``_PARALLEL_MIN_WORK`` points x channels run on one thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -50,6 +53,23 @@ def _point_dot(feat, grad_out, ranks_feat, ranks_bev, C, grad_point):  # pragma:
         grad_point[i] = acc
 
 
+_PARALLEL_MIN_WORK = 1 << 16  # points x channels
+
+
+@contextlib.contextmanager
+def _threads_for(work: int):
+    """One thread for small problems: waking numba's pool costs more than they take (~10 ms vs < 1 ms)."""
+    if work >= _PARALLEL_MIN_WORK:
+        yield
+        return
+    prev = numba.get_num_threads()
+    numba.set_num_threads(1)  # this thread's setting only
+    try:
+        yield
+    finally:
+        numba.set_num_threads(prev)
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().view(-1).numpy()
 
@@ -64,7 +84,8 @@ class _BevPoolCPU(torch.autograd.Function):
         out = torch.zeros(B * Z * Y * X * C, dtype=ctype)
         idx = [t.to(torch.int32).contiguous() for t in (ranks_depth, ranks_feat, ranks_bev, starts, lengths)]
         rd, rf, rb, st, ln = (_np(t) for t in idx)
-        _segment_sum(_np(d), _np(f), rd, rf, rb, st, ln, C, out.numpy())
+        with _threads_for(rd.size * C):
+            _segment_sum(_np(d), _np(f), rd, rf, rb, st, ln, C, out.numpy())
         ctx.save_for_backward(d, f, *idx[:3])
         ctx.meta = (depth.dtype, feat.dtype, shape)
         out_dtype = torch.promote_types(depth.dtype, feat.dtype)
@@ -79,13 +100,15 @@ class _BevPoolCPU(torch.autograd.Function):
         grad_depth = grad_feat = None
         if ctx.needs_input_grad[0]:
             grad_point = torch.empty(rd.shape[0], dtype=d.dtype)
-            _point_dot(_np(f), _np(go), _np(rf), _np(rb), C, grad_point.numpy())
+            with _threads_for(rd.numel() * C):
+                _point_dot(_np(f), _np(go), _np(rf), _np(rb), C, grad_point.numpy())
             grad_depth = torch.zeros(d.numel(), dtype=d.dtype).index_add_(0, rd, grad_point)
             grad_depth = grad_depth.view(d.shape).to(depth_dtype)
         if ctx.needs_input_grad[1]:
             rd_s, rf_s, rb_s, st, ln = feature_intervals(rd, rf, rb)
             grad_feat = torch.zeros(f.numel(), dtype=d.dtype)
-            _segment_sum(_np(d), _np(go), _np(rd_s), _np(rb_s), _np(rf_s), _np(st), _np(ln), C, grad_feat.numpy())
+            with _threads_for(rd.numel() * C):
+                _segment_sum(_np(d), _np(go), _np(rd_s), _np(rb_s), _np(rf_s), _np(st), _np(ln), C, grad_feat.numpy())
             grad_feat = grad_feat.view(f.shape).to(feat_dtype)
         return grad_depth, grad_feat, None, None, None, None, None, None
 

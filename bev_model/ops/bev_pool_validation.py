@@ -89,11 +89,11 @@ def check_bev_pool_inputs(
     for name, (limit, what) in limits.items():
         if limit > _INT32_MAX:
             raise ValueError(f"{name}: {what} = {limit} does not fit the kernels' int32 indices")
-    I = interval_starts.shape[0]
-    if P == 0 or I == 0:
-        if P != 0 or I != 0:
+    n_int = interval_starts.shape[0]
+    if P == 0 or n_int == 0:
+        if P != 0 or n_int != 0:
             raise ValueError(
-                f"interval_starts/interval_lengths must be the runs of ranks_bev: got {I} intervals for {P} points"
+                f"interval_starts/interval_lengths must be the runs of ranks_bev: got {n_int} intervals for {P} points"
             )
         return shape  # type: ignore[return-value]
     _check_values(ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, limits)
@@ -106,7 +106,7 @@ def _check_values(ranks_depth, ranks_feat, ranks_bev, starts, lengths, limits) -
     lengths = lengths.long()
     rb = ranks_bev.long()
     P = rb.shape[0]
-    I = starts.shape[0]
+    n_int = starts.shape[0]
     stats = [ranks_depth.min(), ranks_depth.max(), ranks_feat.min(), ranks_feat.max(), rb.min(), rb.max()]
     expected_starts = torch.cumsum(lengths, 0) - lengths
     stats += [
@@ -116,7 +116,7 @@ def _check_values(ranks_depth, ranks_feat, ranks_bev, starts, lengths, limits) -
         (rb[1:] < rb[:-1]).sum(),  # descending steps
         (rb[1:] != rb[:-1]).sum(),  # run boundaries
     ]
-    if I > 1:
+    if n_int > 1:
         inner = starts[1:].clamp(1, P - 1)
         stats.append((rb[inner] == rb[inner - 1]).sum())  # interval starts inside a run
     else:
@@ -137,8 +137,8 @@ def _check_values(ranks_depth, ranks_feat, ranks_bev, starts, lengths, limits) -
         )
     if descending:
         raise ValueError(f"ranks_bev must be sorted (non-decreasing): {descending} descending steps")
-    if boundaries != I - 1 or split_runs:
+    if boundaries != n_int - 1 or split_runs:
         raise ValueError(
             f"intervals must be exactly the runs of equal ranks_bev: ranks_bev has {boundaries + 1} runs, "
-            f"got {I} intervals"
+            f"got {n_int} intervals"
         )
