@@ -165,7 +165,6 @@ def worker(shape_name: str, method: str, args) -> dict:
     points = ring_frustum_points(B, s.cams, s.bins, s.feat_hw, s.image_hw).to(device)
     prep_ms = _timed(lambda: bev_pool_v2_prepare(points, s.grid), device, 3, 0.0)
     ranks_bev, ranks_depth, ranks_feat, starts, lengths = bev_pool_v2_prepare(points, s.grid)
-    del points
     g = torch.Generator().manual_seed(0)
     depth = torch.rand(B, s.cams, s.bins, H, W, generator=g).softmax(2)
     feat = torch.randn(B, s.cams, H, W, s.channels, generator=g)
