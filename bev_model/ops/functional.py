@@ -19,14 +19,16 @@ BACKENDS = ("auto", "reference", "cpu", "triton")
 ENV_VAR = "BEVSTREAM_DEFORM_BACKEND"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Return the concrete backend (``reference``/``cpu``/``triton``) for ``backend`` on ``device``."""
+def resolve_backend(backend: str, device: torch.device, env_var: str = ENV_VAR) -> str:
+    """Return the concrete backend (``reference``/``cpu``/``triton``) for ``backend`` on ``device``.
+
+    ``env_var`` names the environment variable consulted for ``"auto"`` (each fused op has its own)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        env = os.environ.get(ENV_VAR, "").strip().lower()
+        env = os.environ.get(env_var, "").strip().lower()
         if env and env not in BACKENDS:
-            raise ValueError(f"environment variable {ENV_VAR}={env!r} must be one of {BACKENDS}")
+            raise ValueError(f"environment variable {env_var}={env!r} must be one of {BACKENDS}")
         backend = env or "auto"
     if backend == "auto":
         backend = "triton" if device.type == "cuda" else "cpu"

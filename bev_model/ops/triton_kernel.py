@@ -16,14 +16,16 @@ Triton with ``TRITON_INTERPRET=1`` they run through Triton's interpreter instead
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
+
+from .triton_util import compile_jit, device_guard, interpreter_active, kernel_for, resource_usage
+
+__all__ = ["compile_variant", "deform_attn_triton", "interpreter_active", "resource_usage"]
 
 
 def deform_attn_fwd_kernel(
@@ -202,37 +204,6 @@ FORWARD = JITFunction(deform_attn_fwd_kernel)
 BACKWARD = JITFunction(deform_attn_bwd_kernel)
 
 
-def interpreter_active() -> bool:
-    """True when Triton was imported with ``TRITON_INTERPRET=1`` (its standard library is then interpreted).
-
-    The variable must be set before the first ``import triton`` of the process: ``tl.sum`` and friends
-    are built at import time, for one mode only.
-    """
-    return isinstance(tl.standard.sum, InterpretedFunction)
-
-
-@functools.cache
-def _interpreted(fn):
-    return InterpretedFunction(fn)
-
-
-def _device_guard(device: torch.device):
-    """Launch on the tensors' GPU (Triton launches on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _kernel(jit_fn: JITFunction, device: torch.device):
-    """The compiled kernel for CUDA tensors; the interpreter when Triton runs in interpreter mode."""
-    if interpreter_active():
-        return _interpreted(jit_fn.fn)
-    if device.type != "cuda":
-        raise RuntimeError(
-            f"backend 'triton' got tensors on {device}: it needs CUDA tensors, or TRITON_INTERPRET=1 set in the "
-            "environment before triton is first imported (CPU interpreter, slow; for tests)"
-        )
-    return jit_fn
-
-
 def block_sizes(head_dim: int, num_queries: int | None = None, kind: str = "fwd") -> tuple[int, int, int]:
     """(BLOCK_Q, BLOCK_D, num_warps) for a head dim: BLOCK_D covers it (masked when ragged), tiles of 2K
     elements; 8 elements per thread forward, 4 backward (its scalar atomics need a 64-bit address per
@@ -274,8 +245,8 @@ class _DeformAttnTriton(torch.autograd.Function):
         block_q, block_d, warps = block_sizes(D, Q)
         if out.numel() > 0:
             grid = (triton.cdiv(Q, block_q), B * M)
-            with _device_guard(value.device):
-                _kernel(FORWARD, value.device)[grid](
+            with device_guard(value.device):
+                kernel_for(FORWARD, value.device)[grid](
                     value, table, starts, loc, attn, out, S, Q, M, D, L, P,
                     BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps,
                 )  # fmt: skip
@@ -297,8 +268,8 @@ class _DeformAttnTriton(torch.autograd.Function):
         block_q, block_d, warps = block_sizes(D, Q, "bwd")
         if grad_out.numel() > 0:
             grid = (triton.cdiv(Q, block_q), B * M)
-            with _device_guard(value.device):
-                _kernel(BACKWARD, value.device)[grid](
+            with device_guard(value.device):
+                kernel_for(BACKWARD, value.device)[grid](
                     value, table, starts, loc, attn, grad_out, grad_value, grad_loc, grad_attn, S, Q, M, D, L, P,
                     BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps,
                 )  # fmt: skip
@@ -353,41 +324,13 @@ def compile_variant(kind: str, dtype: str, arch: int, head_dim: int = 32):
     when it is (that lets loads vectorise). Returns Triton's ``CompiledKernel`` (``.asm["ptx"]``,
     ``.asm["cubin"]``). Needs ptxas (shipped with triton), not a GPU.
     """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-
-    if interpreter_active():
-        raise RuntimeError(
-            "compile_variant needs a process where triton was imported without TRITON_INTERPRET=1"
-        )
     jit_fn = FORWARD if kind == "fwd" else BACKWARD
-    signature = kernel_signature(kind, dtype)
     block_q, block_d, warps = block_sizes(head_dim, kind=kind)
-    aligned = {name for name, ty in signature.items() if ty.startswith("*")}
-    if head_dim % 16 == 0:
-        aligned.add("D")
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name in aligned}
-    src = ASTSource(
-        fn=jit_fn, signature=signature, constexprs={"BLOCK_Q": block_q, "BLOCK_D": block_d}, attrs=attrs
+    return compile_jit(
+        jit_fn,
+        kernel_signature(kind, dtype),
+        {"BLOCK_Q": block_q, "BLOCK_D": block_d},
+        arch,
+        warps,
+        divisible_by_16={"D"} if head_dim % 16 == 0 else set(),
     )
-    target = GPUTarget("cuda", arch, 32)
-    options = make_backend(target).parse_options({"num_warps": warps})
-    return triton.compile(src, target=target, options=options.__dict__)
-
-
-def resource_usage(cubin: bytes) -> dict[str, int]:
-    """Registers, stack (spill) bytes and shared memory of a cubin, read with the ``cuobjdump`` shipped with triton."""
-    import re
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run(
-            [str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
-        ).stdout
-    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
-    return {k.lower(): int(v) for k, v in found.items()}
