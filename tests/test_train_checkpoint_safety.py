@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.safe_load import ALLOWED_GLOBAL_NAMES, DamagedCheckpointError, UnsafeCheckpointError, check_file, safe_torch_load
+from train.safe_load import (
+    ALLOWED_GLOBAL_NAMES,
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    check_file,
+    safe_torch_load,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

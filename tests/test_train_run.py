@@ -21,10 +21,23 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
-SMALL = [  # a smaller tiny: 64x176 images, 25x25 BEV, 50+20 queries, ResNet-18 stem..layer3 frozen
+SMALL = [  # a smaller tiny: 64x176 images, 25x25 BEV, 50+20 queries, ResNet-18 stem..layer3 frozen (loaded weights)
     "data.image_size=[64,176]", "data.num_workers=1", "model.backbone.frozen_stages=3",
     "model.encoder.bev_h=25", "model.encoder.bev_w=25", "model.head.num_queries=50", "model.head.num_hybrid=20",
 ]
+
+
+def _backbone_weights() -> Path:
+    """A ResNet-18 weights file (timm naming, seeded): freezing applies to loaded weights only."""
+    import tempfile
+
+    import timm
+
+    path = Path(tempfile.gettempdir()) / f"bevstream_test_resnet18_{os.getpid()}.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    return path
 
 
 def _command(shards: Path, out_dir: Path, *extra: str) -> list[str]:
@@ -33,7 +46,8 @@ def _command(shards: Path, out_dir: Path, *extra: str) -> list[str]:
         "-m", "train", "--config", "configs/tiny.yaml",
         f"data.shards={shards}", f"out_dir={out_dir}", f"schedule.total_steps={STEPS}", "schedule.warmup_steps=2",
         "optim.lr=1e-3", "deepspeed.zero_stage=2", "ema.enabled=true", f"checkpoint.every_steps={CKPT_EVERY}", "checkpoint.keep_last=0",
-        "logging.log_samples=true", "logging.progress=false", *SMALL, *extra,
+        "logging.log_samples=true", "logging.progress=false", *SMALL, f"model.backbone.weights={_backbone_weights()}",
+        *extra,
     ]
 
 
@@ -182,3 +196,30 @@ def test_eval_hook_scores_a_checkpoint_with_the_eval_package(run_a: Path, synth_
     assert res["returncode"] == 0, res["log"]
     assert (ckpt / "eval" / "metrics_summary.json").is_file()
     assert 0.0 <= res["metrics"]["nd_score"] <= 1.0 and res["metrics"]["num_samples"] == 2
+
+
+def test_resume_refuses_a_changed_config_and_skips_a_damaged_newest_checkpoint(run_a: Path, synth_shards,
+                                                                               tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "train_c"
+    shutil.copytree(run_a, out)
+    cmd = _command(synth_shards["mini_train"], out)
+    # a different image size shapes the run: refused before any model is built, keys listed, exit 2
+    res = subprocess.run([*cmd, "data.image_size=[96,256]", "optim.lr=2e-3", "--resume", "auto"], cwd=ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "data.image_size: [64, 176] -> [96, 256]" in res.stderr and "optim.lr" in res.stderr
+    assert "--allow-config-change" in res.stderr and "Traceback" not in res.stderr
+
+    # the newest checkpoint is truncated: --resume auto continues from the previous one and says why
+    victim = out / "checkpoints" / f"step_{STEPS:08d}" / "ds" / "mp_rank_00_model_states.pt"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    res = subprocess.run([*cmd, "--resume", "auto"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["resumed_from"].endswith(f"step_{CKPT_EVERY:08d}") and summary["step"] == STEPS
+    assert f"skipping damaged checkpoint step_{STEPS:08d}" in res.stderr and "mp_rank_00_model_states.pt" in res.stderr
+    assert "data plan: restored" in res.stderr
+    assert (out / "checkpoints" / f"step_{STEPS:08d}" / "complete").is_file()  # re-written whole

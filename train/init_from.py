@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bev_model.backbone import unwrap_state_dict
 from shards.contracts.checkpoint import CheckpointError, checkpoint_files, read_weights
 
 
@@ -88,7 +89,9 @@ def init_from_checkpoint(model: nn.Module, source: str | Path, *, weights: str =
             wfile, _ = checkpoint_files(source, weights_name=weights)  # raises CheckpointError naming the file
     else:
         wfile = source
-    state = read_weights(wfile)
+    state = unwrap_state_dict(read_weights(wfile))  # mmcv checkpoints: {"meta", "state_dict"}
+    if not isinstance(state, dict):
+        raise CheckpointError(f"init.from_checkpoint {wfile}: expected a state_dict mapping")
     unmapped: list[str] = []
     if any(k.startswith(("img_backbone.", "module.img_backbone.")) for k in state):
         n_in, extra = _neck_layout(model)

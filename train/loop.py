@@ -8,7 +8,9 @@ with a warning; ``logging.max_nonfinite`` such losses in a row stop the run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: l
                                               allow_config_change=allow_config_change,
                                               fresh_data_plan=fresh_data_plan, init_from=init_src), dist.is_main)
     notes = list(plan.messages) if dist.is_main else []  # written to the run log once it exists
+    print(f"rank {dist.rank}/{dist.world_size}: local rank {dist.local_rank} of node "
+          f"{os.environ.get('GROUP_RANK', '0')} on {socket.gethostname()}, device {dist.device}", flush=True)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)  # identical initial weights on every rank
