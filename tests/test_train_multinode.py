@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_train_run import CKPT_EVERY, ROOT, SMALL, STEPS, _backbone_weights, _env, _kill_tree, _samples
 
 

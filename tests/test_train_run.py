@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,9 +209,9 @@ def test_resume_refuses_a_changed_config_and_skips_a_damaged_newest_checkpoint(r
     # a different image size shapes the run: refused before any model is built, keys listed, exit 2
     res = subprocess.run([*cmd, "data.image_size=[96,256]", "optim.lr=2e-3", "--resume", "auto"], cwd=ROOT,
                          env=_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-4000:]
-    assert "data.image_size: [64, 176] -> [96, 256]" in res.stderr and "optim.lr" in res.stderr
-    assert "--allow-config-change" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode != 0 and re.search(r"exitcode\s*: 2", res.stderr), res.stdout[-2000:] + res.stderr[-4000:]
+    assert res.stderr.count("data.image_size: [64, 176] -> [96, 256]") == 1 and "optim.lr" in res.stderr  # rank 0 only
+    assert "--allow-config-change" in res.stderr and "train/loop.py" not in res.stderr  # no traceback of ours
 
     # the newest checkpoint is truncated: --resume auto continues from the previous one and says why
     victim = out / "checkpoints" / f"step_{STEPS:08d}" / "ds" / "mp_rank_00_model_states.pt"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from shards.typed_config import ConfigError
@@ -69,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     allow = [k.strip() for k in args.allow_config_change.split(",")] if args.allow_config_change else None
     try:
         summary = train(cfg, resume=args.resume, allow_config_change=allow, fresh_data_plan=args.fresh_data_plan)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except ConfigError as e:  # raised alike on every rank (rank 0 decides): reported once
+        if os.environ.get("RANK", "0") == "0":
+            print(f"config error: {e}", file=sys.stderr)
         return 2
     except (CheckpointError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
         return 2
     if summary["rank"] == 0:
         print(json.dumps({"done": True, **summary}), flush=True)
