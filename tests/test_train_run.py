@@ -224,3 +224,28 @@ def test_resume_refuses_a_changed_config_and_skips_a_damaged_newest_checkpoint(r
     assert f"skipping damaged checkpoint step_{STEPS:08d}" in res.stderr and "mp_rank_00_model_states.pt" in res.stderr
     assert "data plan: restored" in res.stderr
     assert (out / "checkpoints" / f"step_{STEPS:08d}" / "complete").is_file()  # re-written whole
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_with_a_fresh_data_plan(synth_shards, tmp_path) -> None:
+    """2 ranks (ZeRO-0: the optimizer state is whole) -> 1 process: refused unless --fresh-data-plan, which restores
+    weights/optimizer/step and says so. Slow: ``pytest -m slow tests/test_train_run.py -k fresh_data_plan``."""
+    out = tmp_path / "zero0"
+    two = _command(synth_shards["mini_train"], out, "deepspeed.zero_stage=0", "ema.enabled=false")
+    two[two.index(f"schedule.total_steps={STEPS}")] = f"schedule.total_steps={CKPT_EVERY}"
+    res = subprocess.run(two, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one = [sys.executable, "-m", "train", *two[two.index("--config"):], "--resume", "auto",
+           "--allow-config-change", "schedule.total_steps"]
+    one[one.index(f"schedule.total_steps={CKPT_EVERY}")] = f"schedule.total_steps={STEPS}"
+    res = subprocess.run(one, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "--fresh-data-plan" in res.stderr, res.stderr[-4000:]
+    res = subprocess.run([*one, "--fresh-data-plan"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["step"] == STEPS and summary["world_size"] == 1
+    assert summary["resumed_from"].endswith(f"step_{CKPT_EVERY:08d}")
+    assert "data plan: fresh (--fresh-data-plan)" in res.stderr and "schedule.total_steps" in res.stderr
+    resumes = [r for r in _records(out) if r.get("event") == "resume"]
+    assert resumes[-1]["data_plan"] == "fresh"
