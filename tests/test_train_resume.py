@@ -20,7 +20,8 @@ CONFIG = {"model": {"preset": "tiny", "encoder": {"bev_h": 25}}, "data": {"shard
           "logging": {"every_steps": 1}, "out_dir": "runs/x"}
 
 
-def _checkpoint(out_dir, step: int, complete: bool = True, config: dict | None = None, world_size: int = 2):
+def _checkpoint(out_dir, step: int, complete: bool = True, config: dict | None = None, world_size: int = 2,
+                **state):
     """A checkpoint directory with the layout ``train.checkpoint.save_checkpoint`` writes."""
     d = checkpoint_root(out_dir) / f"step_{step:08d}"
     (d / "ds").mkdir(parents=True)
@@ -30,7 +31,7 @@ def _checkpoint(out_dir, step: int, complete: bool = True, config: dict | None =
         torch.save({"optimizer_state_dict": {"m": torch.zeros(64)}}, d / "ds" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
         torch.save({"epoch": 0, "rank": r}, d / "loader" / f"rank_{r:05d}.pt")
     torch.save({"w": torch.ones(64)}, d / "weights_fp32.pt")
-    (d / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": world_size}))
+    (d / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": world_size, **state}))
     (d / "config.yaml").write_text(yaml.safe_dump(config or CONFIG))
     if complete:
         write_complete_marker(d, step)
@@ -173,3 +174,13 @@ def test_init_from_checkpoint_and_an_explicit_resume_path_are_refused_together(t
     # --resume auto continues the run itself once it has a checkpoint (init applied at its start)
     plan = plan_start("auto", tmp_path, CONFIG, world_size=2, init_from="elsewhere")
     assert plan.checkpoint and any("ignored" in m for m in plan.messages)
+
+
+def test_a_backbone_pretrained_by_init_stays_frozen_on_resume(tmp_path):
+    """The resumed process builds a random backbone (init is not applied again): the plan carries the flag so
+    the same stages are frozen and the optimizer's parameter groups match the checkpoint's."""
+    _checkpoint(tmp_path, 200, backbone_pretrained=True)
+    assert plan_start("auto", tmp_path, CONFIG, world_size=2).backbone_pretrained
+    other = tmp_path / "other"
+    _checkpoint(other, 200)
+    assert not plan_start("auto", other, CONFIG, world_size=2).backbone_pretrained

@@ -34,10 +34,12 @@ def _backbone_weights() -> Path:
 
     import timm
 
-    path = Path(tempfile.gettempdir()) / f"bevstream_test_resnet18_{os.getpid()}.pt"
-    if not path.is_file():
+    path = Path(tempfile.gettempdir()) / f"bevstream_test_resnet18_seed0_timm{timm.__version__}.pt"
+    if not path.is_file():  # one file for every session (same seed, same bytes); written atomically
         torch.manual_seed(0)
-        torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp)
+        os.replace(tmp, path)
     return path
 
 
@@ -249,3 +251,24 @@ def test_resume_on_another_world_size_with_a_fresh_data_plan(synth_shards, tmp_p
     assert "data plan: fresh (--fresh-data-plan)" in res.stderr and "schedule.total_steps" in res.stderr
     resumes = [r for r in _records(out) if r.get("event") == "resume"]
     assert resumes[-1]["data_plan"] == "fresh"
+
+
+def test_init_from_checkpoint_starts_a_new_run_from_weights_only(run_a: Path, synth_shards, tmp_path) -> None:
+    src = run_a / "checkpoints" / f"step_{STEPS:08d}"
+    out = tmp_path / "stage2"
+    cmd = [sys.executable, "-m", "train", *_command(synth_shards["mini_train"], out)[_command(
+        synth_shards["mini_train"], out).index("--config"):], "schedule.total_steps=1", "ema.enabled=false",
+        f"init.from_checkpoint={src}", "init.drop=[head.]"]
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    source = torch.load(src / "weights_fp32.pt", weights_only=True)
+    n_head = sum(k.startswith("head.") for k in source)
+    assert f"init: dropped {n_head} tensor(s) under 'head.'" in res.stderr
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["resumed_from"] is None and summary["step"] == 1  # fresh step counter and schedule
+    after = torch.load(out / "checkpoints" / "step_00000001" / "weights_fp32.pt", weights_only=True)
+    # the frozen stem (stages 1-3) carries the source's weights unchanged; the head was re-initialised
+    assert torch.equal(after["backbone.body.conv1.weight"], source["backbone.body.conv1.weight"])
+    assert torch.equal(after["backbone.body.layer3.0.conv1.weight"], source["backbone.body.layer3.0.conv1.weight"])
+    head = [k for k in source if k.startswith("head.") and k.endswith(".weight")]
+    assert all(not torch.allclose(after[k], source[k]) for k in head[:5])

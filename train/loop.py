@@ -140,9 +140,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: l
         out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model_config())
+    backbone = getattr(model, "backbone", None)
     if init_src and not plan.checkpoint:
         init_from_checkpoint(model, init_src, weights=cfg.init.weights, drop=cfg.init.drop,
                              log=notes.append if dist.is_main else (lambda m: None))
+    elif plan.backbone_pretrained and backbone is not None and not getattr(backbone, "pretrained", True):
+        backbone.mark_pretrained()  # pretrained by init.from_checkpoint at the run's start: same frozen stages
     engine, sched = build_engine(cfg, model)
     names = group_names(engine)
     loader = build_loader(_loader_config(cfg, dist))
@@ -193,7 +196,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: l
         ckpt = save_checkpoint(
             engine, out_dir, step, rank=dist.rank, loader_state=loader.state_dict(),
             trainer_state={"step": step, "epoch": batches.epoch, "samples": samples,
-                           "ema_updates": ema.num_updates if ema else 0, "world_size": dist.world_size},
+                           "ema_updates": ema.num_updates if ema else 0, "world_size": dist.world_size,
+                           "backbone_pretrained": bool(getattr(backbone, "pretrained", False))},
             config=config_dict, strip_prefix=PREFIX,
             ema_weights=ema.state_dict(PREFIX) if ema is not None else None,
             keep_last=cfg.checkpoint.keep_last,

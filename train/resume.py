@@ -42,6 +42,9 @@ class StartPlan:
 
     checkpoint: str | None = None
     fresh_data_plan: bool = False
+    backbone_pretrained: bool = False
+    """The run's backbone was pretrained (frozen stages / norm_eval in force): restored before the engine is built,
+    so the parameter groups match the checkpoint's even when the weights came from ``init.from_checkpoint``."""
     messages: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -109,6 +112,7 @@ def plan_start(resume: str | None, out_dir: Path, config: dict[str, Any], *, wor
     old = read_run_config(ckpt / CONFIG)
     plan.messages += compare_configs(old, config, allow_config_change)
     ts = read_trainer_state(ckpt)
+    plan.backbone_pretrained = bool(ts.get("backbone_pretrained", False))
     saved_world = ts.get("world_size")
     stage = (config.get("deepspeed") or {}).get("zero_stage", 0)
     if saved_world is not None and saved_world != world_size and stage >= 1:
