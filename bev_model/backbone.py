@@ -2,10 +2,29 @@
 
 ``Backbone(cfg)(images [B, 3, H, W]) -> list of [B, C_i, H / s_i, W / s_i]`` for ``s_i`` in
 ``cfg.out_strides`` (ImageNet-normalised input expected).
+
+Pretrained weights. Nothing is downloaded (``pretrained=False``). ``backbone.weights=PATH`` loads a
+local file (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only=True``) holding either a timm
+model's state dict (e.g. ``timm.create_model("resnet50", pretrained=True).state_dict()`` saved with
+``torch.save`` on a machine with internet, or the ``model.safetensors`` of a timm Hugging Face repo:
+copy that file to the offline machine and set ``model.backbone.weights=/path/to/file``), or an
+mmdet/mmdet3d checkpoint: its ``backbone.*`` (FCOS, FCOS3D) or ``img_backbone.*`` (BEVFormer v2 release)
+keys are taken, prefix stripped; mmdet's ResNet names its tensors like torchvision/timm (``conv1``,
+``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``), so they map one to one. Other keys of such
+a file (neck, heads) are ignored here; ``train.init_from`` maps ``img_neck.*`` for a whole detector.
+Caveat: mmdet "caffe"-style ResNets put the stride in the 1x1 conv and expect BGR 0-255 mean-only
+inputs; the names and shapes match timm's ResNet but the network differs slightly (fine-tuning adapts).
+
+Freezing. ``frozen_stages`` and ``norm_eval`` describe how to fine-tune *pretrained* weights: they
+apply only once weights are loaded (``backbone.weights``, or :meth:`Backbone.mark_pretrained` after
+``init.from_checkpoint`` filled the backbone). A randomly initialised backbone trains every stage with
+batch statistics (freezing random weights and never updating BN statistics only hurts), and a
+warning says so.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import timm
@@ -14,22 +33,52 @@ from torch import nn
 
 from .config import BackboneConfig
 
+log = logging.getLogger("bev_model")
+
+MMDET_BACKBONE_PREFIXES = ("img_backbone.", "backbone.")
+"""Prefixes of the backbone's keys in mmdet3d (BEVFormer v2: ``img_backbone.``) and mmdet (FCOS: ``backbone.``)."""
+
+
+def unwrap_state_dict(state: object) -> object:
+    """Strip the usual wrappers: ``{"state_dict": ...}`` (mmcv), ``{"model": ...}``, ``{"module": ...}`` (DeepSpeed)."""
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict in timm or mmdet naming -> the backbone's tensors in timm naming.
+
+    ``img_backbone.layer1.0.conv1.weight`` / ``backbone.layer1.0.conv1.weight`` -> ``layer1.0.conv1.weight``
+    (the first prefix present wins; a leading ``module.`` is dropped). A plain timm state dict is returned
+    as it is.
+    """
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    for prefix in MMDET_BACKBONE_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return state
+
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a local checkpoint (never unpickles arbitrary objects)."""
+    """Read a local checkpoint (never unpickles arbitrary objects); backbone keys in timm naming."""
     if not path.is_file():
         raise FileNotFoundError(f"config key 'backbone.weights': file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):  # common wrappers
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
+        return backbone_keys(load_file(str(path)))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"config key 'backbone.weights': {path} is not a weights file that loads with "
+                         f"weights_only=True ({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
+    state = unwrap_state_dict(state)
     if not isinstance(state, dict):
         raise ValueError(f"config key 'backbone.weights': {path} does not hold a state dict")
-    return state
+    return backbone_keys(state)
 
 
 def _feature_key_candidates(key: str) -> list[str]:
@@ -64,17 +113,30 @@ class Backbone(nn.Module):
         channels = list(self.body.feature_info.channels())
         self.out_channels = [channels[i] for i in self.feature_index]
         self.out_strides = list(cfg.out_strides)
-        if cfg.weights is not None:
-            self.load_weights(Path(cfg.weights))
+        self.pretrained = False
         if cfg.grad_checkpointing:
             self.body.set_grad_checkpointing(True)  # stage by stage
             for m in self.body.modules():  # and block by block inside stages that support it (ConvNeXt, ...)
                 if m is not self.body and hasattr(m, "grad_checkpointing"):
                     m.grad_checkpointing = True
-        self._freeze(cfg.frozen_stages)
+        if cfg.weights is not None:
+            self.load_weights(Path(cfg.weights))
+            self.mark_pretrained()
+        elif cfg.frozen_stages >= 0 or cfg.norm_eval:
+            log.warning("backbone %s starts from random weights (no backbone.weights): frozen_stages=%d and "
+                        "norm_eval=%s are not applied (they apply to loaded weights)", cfg.name, cfg.frozen_stages,
+                        cfg.norm_eval)
+
+    def mark_pretrained(self) -> None:
+        """The weights are pretrained: apply ``frozen_stages`` now and ``norm_eval`` from the next ``train()``."""
+        self.pretrained = True
+        self._freeze(self.cfg.frozen_stages)
+        if self.training:
+            self.train(True)
 
     def load_weights(self, path: Path) -> None:
-        """Load a local checkpoint of the full timm model (classifier keys ignored)."""
+        """Load a local checkpoint of the full timm model or an mmdet/mmdet3d detector (classifier, neck and
+        head keys ignored); see the module docstring."""
         src = _read_state_dict(path)
         own = self.body.state_dict()
         loaded = {}
@@ -113,9 +175,9 @@ class Backbone(nn.Module):
                 break
 
     def train(self, mode: bool = True) -> Backbone:
-        """``norm_eval``: keep every BatchNorm in eval mode (frozen running statistics)."""
+        """``norm_eval`` (pretrained weights only): keep every BatchNorm in eval mode (frozen running statistics)."""
         super().train(mode)
-        if mode and self.cfg.norm_eval:
+        if mode and self.cfg.norm_eval and self.pretrained:
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()

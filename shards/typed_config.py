@@ -1,8 +1,9 @@
 """Typed configs: dataclasses loaded from YAML or dicts, with errors that name the bad key.
 
 Every package describes its settings as (nested) dataclasses; this module turns a
-mapping into them strictly: an unknown key, a wrong type or a missing required
-field raises :class:`ConfigError` naming the dotted key path.
+mapping into them strictly: an unknown key, a wrong type, a missing required
+field or a non-finite number (YAML ``.nan``/``.inf``, which would pass every ``<``/``<=``
+check) raises :class:`ConfigError` naming the dotted key path.
 
     cfg = load_config(LoaderConfig, "configs/tiny.yaml", overrides=["batch_size=2"])
 """
@@ -10,6 +11,7 @@ field raises :class:`ConfigError` naming the dotted key path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -73,6 +75,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -95,10 +99,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def check_finite(value: Any, key: str) -> None:
+    """Raise :class:`ConfigError` naming the dotted key of the first NaN/inf float in ``value`` (nested
+    mappings and lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data`` strictly (unknown keys and wrong types raise)."""
+    """Build dataclass ``cls`` from ``data`` strictly (unknown keys, wrong types and NaN/inf raise)."""
     if not isinstance(data, dict):
         raise ConfigError(f"config '{prefix or cls.__name__}': expected a mapping, got {data!r}")
+    check_finite(data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for k in data:

@@ -121,15 +121,16 @@ def test_presets_and_config_errors_name_the_key():
 
 
 def test_backbone_frozen_stages_norm_eval_and_local_weights(tmp_path):
-    bb = Backbone(BackboneConfig(name="resnet18", frozen_stages=1, norm_eval=True))
+    src = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18.pt"
+    torch.save(src.state_dict(), path)
+    # freezing and norm_eval apply to loaded weights (a random backbone trains fully: tests/test_train_pretrained.py)
+    bb = Backbone(BackboneConfig(name="resnet18", weights=path, frozen_stages=1, norm_eval=True))
     assert not any(p.requires_grad for p in bb.body.conv1.parameters())
     assert not any(p.requires_grad for p in bb.body.layer1.parameters())
     assert all(p.requires_grad for p in bb.body.layer2.parameters())
     bb.train()
     assert not bb.body.bn1.training and not bb.body.layer3[0].bn1.training
-    src = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path / "resnet18.pt"
-    torch.save(src.state_dict(), path)
     loaded = Backbone(BackboneConfig(name="resnet18", weights=path))
     torch.testing.assert_close(loaded.body.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
     with pytest.raises(FileNotFoundError, match="backbone.weights"):

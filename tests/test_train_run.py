@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,10 +22,25 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
-SMALL = [  # a smaller tiny: 64x176 images, 25x25 BEV, 50+20 queries, ResNet-18 stem..layer3 frozen
+SMALL = [  # a smaller tiny: 64x176 images, 25x25 BEV, 50+20 queries, ResNet-18 stem..layer3 frozen (loaded weights)
     "data.image_size=[64,176]", "data.num_workers=1", "model.backbone.frozen_stages=3",
     "model.encoder.bev_h=25", "model.encoder.bev_w=25", "model.head.num_queries=50", "model.head.num_hybrid=20",
 ]
+
+
+def _backbone_weights() -> Path:
+    """A ResNet-18 weights file (timm naming, seeded): freezing applies to loaded weights only."""
+    import tempfile
+
+    import timm
+
+    path = Path(tempfile.gettempdir()) / f"bevstream_test_resnet18_seed0_timm{timm.__version__}.pt"
+    if not path.is_file():  # one file for every session (same seed, same bytes); written atomically
+        torch.manual_seed(0)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp)
+        os.replace(tmp, path)
+    return path
 
 
 def _command(shards: Path, out_dir: Path, *extra: str) -> list[str]:
@@ -33,7 +49,8 @@ def _command(shards: Path, out_dir: Path, *extra: str) -> list[str]:
         "-m", "train", "--config", "configs/tiny.yaml",
         f"data.shards={shards}", f"out_dir={out_dir}", f"schedule.total_steps={STEPS}", "schedule.warmup_steps=2",
         "optim.lr=1e-3", "deepspeed.zero_stage=2", "ema.enabled=true", f"checkpoint.every_steps={CKPT_EVERY}", "checkpoint.keep_last=0",
-        "logging.log_samples=true", "logging.progress=false", *SMALL, *extra,
+        "logging.log_samples=true", "logging.progress=false", *SMALL, f"model.backbone.weights={_backbone_weights()}",
+        *extra,
     ]
 
 
@@ -182,3 +199,76 @@ def test_eval_hook_scores_a_checkpoint_with_the_eval_package(run_a: Path, synth_
     assert res["returncode"] == 0, res["log"]
     assert (ckpt / "eval" / "metrics_summary.json").is_file()
     assert 0.0 <= res["metrics"]["nd_score"] <= 1.0 and res["metrics"]["num_samples"] == 2
+
+
+def test_resume_refuses_a_changed_config_and_skips_a_damaged_newest_checkpoint(run_a: Path, synth_shards,
+                                                                               tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "train_c"
+    shutil.copytree(run_a, out)
+    cmd = _command(synth_shards["mini_train"], out)
+    # a different image size shapes the run: refused before any model is built, keys listed, exit 2
+    res = subprocess.run([*cmd, "data.image_size=[96,256]", "optim.lr=2e-3", "--resume", "auto"], cwd=ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and re.search(r"exitcode\s*: 2", res.stderr), res.stdout[-2000:] + res.stderr[-4000:]
+    assert res.stderr.count("data.image_size: [64, 176] -> [96, 256]") == 1 and "optim.lr" in res.stderr  # rank 0 only
+    assert "--allow-config-change" in res.stderr and "train/loop.py" not in res.stderr  # no traceback of ours
+
+    # the newest checkpoint is truncated: --resume auto continues from the previous one and says why
+    victim = out / "checkpoints" / f"step_{STEPS:08d}" / "ds" / "mp_rank_00_model_states.pt"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    res = subprocess.run([*cmd, "--resume", "auto"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["resumed_from"].endswith(f"step_{CKPT_EVERY:08d}") and summary["step"] == STEPS
+    assert f"skipping damaged checkpoint step_{STEPS:08d}" in res.stderr and "mp_rank_00_model_states.pt" in res.stderr
+    assert "data plan: restored" in res.stderr
+    assert (out / "checkpoints" / f"step_{STEPS:08d}" / "complete").is_file()  # re-written whole
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_with_a_fresh_data_plan(synth_shards, tmp_path) -> None:
+    """2 ranks (ZeRO-0: the optimizer state is whole) -> 1 process: refused unless --fresh-data-plan, which restores
+    weights/optimizer/step and says so. Slow: ``pytest -m slow tests/test_train_run.py -k fresh_data_plan``."""
+    out = tmp_path / "zero0"
+    two = _command(synth_shards["mini_train"], out, "deepspeed.zero_stage=0", "ema.enabled=false")
+    two[two.index(f"schedule.total_steps={STEPS}")] = f"schedule.total_steps={CKPT_EVERY}"
+    res = subprocess.run(two, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one = [sys.executable, "-m", "train", *two[two.index("--config"):], "--resume", "auto",
+           "--allow-config-change", "schedule.total_steps"]
+    one[one.index(f"schedule.total_steps={CKPT_EVERY}")] = f"schedule.total_steps={STEPS}"
+    res = subprocess.run(one, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "--fresh-data-plan" in res.stderr, res.stderr[-4000:]
+    res = subprocess.run([*one, "--fresh-data-plan"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["step"] == STEPS and summary["world_size"] == 1
+    assert summary["resumed_from"].endswith(f"step_{CKPT_EVERY:08d}")
+    assert "data plan: fresh (--fresh-data-plan)" in res.stderr and "schedule.total_steps" in res.stderr
+    resumes = [r for r in _records(out) if r.get("event") == "resume"]
+    assert resumes[-1]["data_plan"] == "fresh"
+
+
+def test_init_from_checkpoint_starts_a_new_run_from_weights_only(run_a: Path, synth_shards, tmp_path) -> None:
+    src = run_a / "checkpoints" / f"step_{STEPS:08d}"
+    out = tmp_path / "stage2"
+    cmd = [sys.executable, "-m", "train", *_command(synth_shards["mini_train"], out)[_command(
+        synth_shards["mini_train"], out).index("--config"):], "schedule.total_steps=1", "ema.enabled=false",
+        f"init.from_checkpoint={src}", "init.drop=[head.]"]
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    source = torch.load(src / "weights_fp32.pt", weights_only=True)
+    n_head = sum(k.startswith("head.") for k in source)
+    assert f"init: dropped {n_head} tensor(s) under 'head.'" in res.stderr
+    summary = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith('{"done"')][-1])
+    assert summary["resumed_from"] is None and summary["step"] == 1  # fresh step counter and schedule
+    after = torch.load(out / "checkpoints" / "step_00000001" / "weights_fp32.pt", weights_only=True)
+    # the frozen stem (stages 1-3) carries the source's weights unchanged; the head was re-initialised
+    assert torch.equal(after["backbone.body.conv1.weight"], source["backbone.body.conv1.weight"])
+    assert torch.equal(after["backbone.body.layer3.0.conv1.weight"], source["backbone.body.layer3.0.conv1.weight"])
+    head = [k for k in source if k.startswith("head.") and k.endswith(".weight")]
+    assert all(not torch.allclose(after[k], source[k]) for k in head[:5])

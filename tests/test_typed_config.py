@@ -66,3 +66,45 @@ def test_yaml_file_with_overrides_round_trips(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+@dataclass
+class WithAny:
+    extra: dict = field(default_factory=dict)
+    anything: object = None
+    values: list[float] = field(default_factory=list)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("name: x\nlr: .nan\n", "lr"),
+    ("name: x\nlr: .inf\n", "lr"),
+    ("name: x\nlr: -.inf\n", "lr"),
+])
+def test_nan_and_inf_from_yaml_are_refused_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{key}'.*not a finite number"):
+        load_config(Outer, path)
+    with pytest.raises(ConfigError, match=r"'lr'.*not a finite number"):
+        load_config(Outer, None, overrides=["name=x", "lr=.nan"])
+
+
+def test_nan_is_refused_inside_lists_and_untyped_sections():
+    with pytest.raises(ConfigError, match=r"'values\[1\]'"):
+        from_dict(WithAny, {"values": [1.0, float("nan")]})
+    with pytest.raises(ConfigError, match=r"'extra\.a\.b'"):
+        from_dict(WithAny, {"extra": {"a": {"b": float("inf")}}})
+    with pytest.raises(ConfigError, match=r"'outer\.anything\[0\]'"):
+        from_dict(WithAny, {"anything": [float("nan")]}, prefix="outer")
+    assert from_dict(WithAny, {"values": [1.0, 1e30]}).values == [1.0, 1e30]
+
+
+def test_train_config_nan_grad_clip_is_refused(tmp_path):
+    from train.config import load_train_config
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with pytest.raises(ConfigError, match=r"'optim\.grad_clip'.*not a finite number"):
+        load_train_config("configs/tiny.yaml", [f"data.shards={shards}", "optim.grad_clip=.nan"])
+    with pytest.raises(ConfigError, match=r"'model\.head\..*'.*not a finite number"):
+        load_train_config("configs/tiny.yaml", [f"data.shards={shards}", "model.head.dropout=.inf"])

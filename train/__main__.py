@@ -3,13 +3,16 @@
 Same entry under ``torchrun --nproc_per_node N -m train ...`` and the DeepSpeed launcher
 (``deepspeed --num_gpus N [--hostfile H] --module train ...``). Options: ``--print-ds-config``
 prints the generated DeepSpeed JSON and exits; ``--check`` validates the config (and the JSON,
-with DeepSpeed's parser) and exits.
+with DeepSpeed's parser) and exits. Exit code 2: a config error, or a checkpoint that cannot be
+used (damaged, refused as unsafe, written with another config or world size); the message names the
+key or file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from shards.typed_config import ConfigError
@@ -20,7 +23,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML training config (configs/tiny.yaml, ...)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=2e-4 data.batch_size=2")
-    p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in out_dir) or a checkpoint dir")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (newest checkpoint in out_dir that verifies; damaged ones are skipped with a warning) "
+                        "or a checkpoint dir")
+    p.add_argument("--allow-config-change", nargs="?", const="*", default=None, metavar="KEY[,KEY...]",
+                   help="on resume, accept these config keys/sections differing from the checkpoint's config "
+                        "(e.g. schedule.total_steps); alone: any key")
+    p.add_argument("--fresh-data-plan", action="store_true",
+                   help="on resume, restore weights/optimizer/step but start the epoch's data anew "
+                        "(another world size or worker count)")
     p.add_argument("--print-ds-config", action="store_true", help="print the generated DeepSpeed JSON and exit")
     p.add_argument("--check", action="store_true", help="validate the config and the DeepSpeed JSON, then exit")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
@@ -52,9 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from shards.contracts.checkpoint import CheckpointError
+
     from .loop import train
 
-    summary = train(cfg, resume=args.resume)
+    allow = [k.strip() for k in args.allow_config_change.split(",")] if args.allow_config_change else None
+    try:
+        summary = train(cfg, resume=args.resume, allow_config_change=allow, fresh_data_plan=args.fresh_data_plan)
+    except ConfigError as e:  # raised alike on every rank (rank 0 decides): reported once
+        if os.environ.get("RANK", "0") == "0":
+            print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, FileExistsError, FileNotFoundError) as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     if summary["rank"] == 0:
         print(json.dumps({"done": True, **summary}), flush=True)
     return 0

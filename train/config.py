@@ -195,6 +195,29 @@ class EvalSection:
             raise ConfigError(f"config key 'eval.shards': path not found: {self.shards}")
 
 
+@dataclass
+class InitSection:
+    """Start a new run from another run's weights (weights only: fresh optimizer, schedule, step, data).
+
+    ``from_checkpoint``: a checkpoint directory or weights file (read with ``weights_only=True``).
+    ``weights``: which weights file of a checkpoint directory. ``drop``: key prefixes left at their fresh
+    initialisation (e.g. ``[head.]``); each must match at least one key; counts are logged. Distinct from
+    ``--resume`` (see ``train.init_from``).
+    """
+
+    from_checkpoint: Path | None = None
+    weights: Literal["weights_fp32.pt", "weights_ema_fp32.pt"] = "weights_fp32.pt"
+    drop: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.from_checkpoint is not None and not Path(self.from_checkpoint).exists():
+            raise ConfigError(f"config key 'init.from_checkpoint': path not found: {self.from_checkpoint}")
+        if self.drop and self.from_checkpoint is None:
+            raise ConfigError("config key 'init.drop': needs init.from_checkpoint")
+        if any(not p for p in self.drop):
+            raise ConfigError("config key 'init.drop': empty prefix")
+
+
 def _loader_config_cls() -> type:
     from pipeline.config import LoaderConfig
 
@@ -217,6 +240,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalSection = field(default_factory=EvalSection)
+    init: InitSection = field(default_factory=InitSection)
 
     def model_config(self) -> Any:
         """``bev_model.ModelConfig`` from the ``model`` section (+ forced activation checkpointing)."""

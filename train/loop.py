@@ -8,7 +8,9 @@ with a warning; ``logging.max_nonfinite`` such losses in a row stop the run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,16 @@ import torch
 
 from shards.typed_config import to_dict
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .dist import DistInfo, all_reduce_mean, barrier, init_distributed
 from .ema import EMA
 from .engine import PREFIX, build_engine, group_names
 from .eval_hook import run_eval
+from .init_from import init_from_checkpoint
 from .logger import RunLogger
+from .resume import decide_on_rank0, plan_start
+from .safe_load import safe_torch_load
 
 
 class NonFiniteLossError(RuntimeError):
@@ -107,8 +112,15 @@ def _grad_norm(engine: Any) -> float | None:
     return float(g.item() if torch.is_tensor(g) else g)
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None) -> dict[str, Any]:
-    """Run (or continue) training as described by ``cfg``; returns a summary (every rank)."""
+def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: list[str] | None = None,
+          fresh_data_plan: bool = False) -> dict[str, Any]:
+    """Run (or continue) training as described by ``cfg``; returns a summary (every rank).
+
+    ``resume``: ``None``, ``"auto"`` or a checkpoint path; ``allow_config_change``: config keys/sections
+    that may differ from the checkpoint's (``["*"]``: all); ``fresh_data_plan``: restore weights, optimizer
+    and step but not the data position (see ``train.resume``). Rank 0 checks all of it before any model
+    is built; a refusal raises ``ConfigError``/``CheckpointError`` on every rank.
+    """
     dist = init_distributed(cfg.deepspeed.dist_backend)
     from deepspeed.accelerator import get_accelerator
 
@@ -116,33 +128,48 @@ def train(cfg: TrainConfig, *, resume: str | None = None) -> dict[str, Any]:
     from pipeline import build_loader
 
     out_dir = Path(cfg.out_dir)
+    config_dict = resolved_config_dict(cfg)
+    init_src = str(cfg.init.from_checkpoint) if cfg.init.from_checkpoint is not None else None
+    plan = decide_on_rank0(lambda: plan_start(resume, out_dir, config_dict, world_size=dist.world_size,
+                                              allow_config_change=allow_config_change,
+                                              fresh_data_plan=fresh_data_plan, init_from=init_src), dist.is_main)
+    notes = list(plan.messages) if dist.is_main else []  # written to the run log once it exists
+    print(f"rank {dist.rank}/{dist.world_size}: local rank {dist.local_rank} of node "
+          f"{os.environ.get('GROUP_RANK', '0')} on {socket.gethostname()}, device {dist.device}", flush=True)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model_config())
+    backbone = getattr(model, "backbone", None)
+    if init_src and not plan.checkpoint:
+        init_from_checkpoint(model, init_src, weights=cfg.init.weights, drop=cfg.init.drop,
+                             log=notes.append if dist.is_main else (lambda m: None))
+    elif plan.backbone_pretrained and backbone is not None and not getattr(backbone, "pretrained", True):
+        backbone.mark_pretrained()  # pretrained by init.from_checkpoint at the run's start: same frozen stages
     engine, sched = build_engine(cfg, model)
     names = group_names(engine)
     loader = build_loader(_loader_config(cfg, dist))
     ema = EMA(engine.module, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
 
-    # resume: rank 0 picks the checkpoint, everyone loads the same one
-    choice = [str(resolve_resume(resume, out_dir) or "") if dist.is_main else ""]
-    torch.distributed.broadcast_object_list(choice, src=0)
     step, epoch, samples = 0, 0, 0
     resumed_from = None
-    if choice[0]:
-        ckpt = Path(choice[0])
-        loaded = load_checkpoint(engine, ckpt, dist.rank)
+    if plan.checkpoint:
+        ckpt = Path(plan.checkpoint)
+        loaded = load_checkpoint(engine, ckpt, dist.rank, load_loader=not plan.fresh_data_plan)
         ts = loaded["trainer_state"]
         step, epoch, samples = int(ts["step"]), int(ts.get("epoch", 0)), int(ts.get("samples", 0))
         if engine.global_steps != step:
             raise RuntimeError(f"checkpoint {ckpt}: engine step {engine.global_steps} != trainer step {step}")
-        if loaded["loader_state"] is not None:
+        if plan.fresh_data_plan:
+            notes.append(f"data plan: fresh (--fresh-data-plan): epoch {epoch} restarts from its first batch "
+                         f"under world size {dist.world_size} x {cfg.data.num_workers} worker(s)")
+        elif loaded["loader_state"] is not None:
             loader.load_state_dict(loaded["loader_state"])
+            notes.append(f"data plan: restored from {ckpt.name} (epoch {epoch}, exact position)")
         elif dist.is_main:
-            print(f"warning: {ckpt} has no loader state for rank {dist.rank}; data restarts", flush=True)
+            notes.append(f"warning: {ckpt} has no loader state for rank {dist.rank}; data restarts")
         if ema is not None and (ckpt / "weights_ema_fp32.pt").is_file():
-            ema.load_state_dict(torch.load(ckpt / "weights_ema_fp32.pt", weights_only=True),
+            ema.load_state_dict(safe_torch_load(ckpt / "weights_ema_fp32.pt"),
                                 int(ts.get("ema_updates", 0)), add_prefix=PREFIX)
         resumed_from = str(ckpt)
     torch.manual_seed(cfg.seed + 1000 * dist.rank + step)  # per-rank, per-resume stochasticity
@@ -151,14 +178,16 @@ def train(cfg: TrainConfig, *, resume: str | None = None) -> dict[str, Any]:
     log = RunLogger(out_dir, rank=dist.rank, tensorboard=cfg.logging.tensorboard,
                     log_samples=cfg.logging.log_samples, progress=cfg.logging.progress,
                     total_steps=total, start_step=step)
+    for m in notes:
+        log.write(m)
     if resumed_from:
         log.write(f"resumed from {resumed_from} at step {step}")
-        log.event(step, "resume", checkpoint=resumed_from)
+        log.event(step, "resume", checkpoint=resumed_from,
+                  data_plan="fresh" if plan.fresh_data_plan else "restored")
     batches = _Batches(loader, epoch)
     guard = NonFiniteGuard(cfg.logging.max_nonfinite)
     accum = cfg.deepspeed.grad_accum_steps
     acc = get_accelerator()
-    config_dict = resolved_config_dict(cfg)
     last_saved = step if resumed_from else -1
     first_loss = last_loss = None
 
@@ -167,7 +196,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None) -> dict[str, Any]:
         ckpt = save_checkpoint(
             engine, out_dir, step, rank=dist.rank, loader_state=loader.state_dict(),
             trainer_state={"step": step, "epoch": batches.epoch, "samples": samples,
-                           "ema_updates": ema.num_updates if ema else 0, "world_size": dist.world_size},
+                           "ema_updates": ema.num_updates if ema else 0, "world_size": dist.world_size,
+                           "backbone_pretrained": bool(getattr(backbone, "pretrained", False))},
             config=config_dict, strip_prefix=PREFIX,
             ema_weights=ema.state_dict(PREFIX) if ema is not None else None,
             keep_last=cfg.checkpoint.keep_last,
