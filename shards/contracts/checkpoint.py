@@ -8,7 +8,8 @@
     weights_fp32.pt        consolidated fp32 state_dict of the model (eval / export)
     weights_ema_fp32.pt    EMA weights (when enabled)
     config.yaml            the resolved training config (model section resolved in full)
-    complete               written last; only directories holding it count
+    complete               written last: JSON {step, time, files: {relative path: size}}; only
+                           directories holding it count, and resume checks the listed sizes
 
 Every name of that layout is spelled here once. Reading is safe on untrusted directories: weights
 go through ``torch.load(weights_only=True)``, the config through ``yaml.safe_load``.
