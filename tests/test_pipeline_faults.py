@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline import LoaderConfig, build_loader
-from pipeline.stream import LoaderError
+from pipeline.faults import LoaderError
 
 BASE = dict(mode="eval", batch_size=2, offsets=(0,), image_size=(32, 80), num_workers=0)
 

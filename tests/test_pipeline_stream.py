@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import LoaderConfig, build_loader
-from pipeline.stream import LoaderError
+from pipeline.faults import LoaderError
 from pipeline.urls import ShardURLError, expand_shard_urls
 from pipeline.windows import clip_windows, find_clips, shard_windows, shuffled_windows
 
@@ -134,7 +134,7 @@ def test_each_frame_crosses_to_the_main_process_once(synth_shards):
     small (frames are released after their clip's last window; the Loader drops the rest at epoch end)."""
     import torch
 
-    from pipeline.stream import FrameCache
+    from pipeline.transport import FrameCache
 
     cfg = LoaderConfig(shards=str(synth_shards["mini_train"]), batch_size=2, offsets=(-2, -1, 0), num_workers=2,
                        augment=False, shuffle_buffer=4, epoch_samples=96, **SMALL)  # two passes
@@ -142,9 +142,9 @@ def test_each_frame_crosses_to_the_main_process_once(synth_shards):
     cache = FrameCache(torch.device("cpu"))
     sent, windows, peak, buffers = Counter(), 0, 0, 0
     for raw in loader.host_batches():
-        sent.update((raw["worker"], f) for f in raw["new_frame_ids"])
-        buffers += len(raw.get("slot_buffers", {}))
-        windows += raw["frame_ids"].shape[0]
+        sent.update((raw.worker, f) for f in raw.frames.new_ids)
+        buffers += len(raw.frames.slot_buffers or {})
+        windows += raw.batch_size
         imgs = cache.assemble(raw)
         assert imgs.shape[:3] == (2, 3, 6)
         peak = max(peak, len(cache))
