@@ -9,9 +9,13 @@ releasing it after its clip's last window. Faults are counted by
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import logging
+import tempfile
 from collections.abc import Iterator
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +29,7 @@ from .faults import ErrorCounter, LoaderError
 from .meta import ShardMeta, open_sidecar_table
 from .tario import TarReadError, iter_tar_samples
 from .transport import Frame, FrameLedger, SlotPool
-from .urls import IOOptions, ShardSpec, open_stream
+from .urls import IOOptions, ShardSpec, is_remote, open_stream
 from .windows import Window, shard_windows
 
 log = logging.getLogger("pipeline")
@@ -37,6 +41,29 @@ LIDAR_EXT = "lidar.npy"
 
 def io_options(cfg: LoaderConfig) -> IOOptions:
     return IOOptions(cfg.s3_endpoint_url, cfg.http_timeout, cfg.max_retries, cfg.retry_backoff)
+
+
+def verifies(cfg: LoaderConfig, spec: ShardSpec) -> bool:
+    """Whether the shard's tar and sidecar are checked against the manifest's sha256."""
+    if cfg.verify_checksums is None:
+        return is_remote(spec.url) and spec.sha256 is not None
+    return bool(cfg.verify_checksums)
+
+
+def spool_verified(url: str, f: IO[bytes], sha256: str, spool_bytes: int) -> tuple[IO[bytes], str]:
+    """Copy the stream ``f`` into a spooled file (memory up to ``spool_bytes``, then disk) while
+    hashing it; returns (the copy at offset 0, the hex sha256 read). The caller compares."""
+    h = hashlib.sha256()
+    out = tempfile.SpooledTemporaryFile(max_size=spool_bytes)
+    try:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            out.write(chunk)
+        out.seek(0)
+    except BaseException:
+        out.close()
+        raise
+    return out, h.hexdigest()
 
 
 class PlanSource:
@@ -52,11 +79,16 @@ class PlanSource:
 
     def table(self, s: int) -> pa.Table:
         if s not in self._tables:
+            spec = self.shards[s]
             try:
-                self._tables[s] = open_sidecar_table(self.shards[s].sidecar_url, self.io)
+                self._tables[s] = open_sidecar_table(spec.sidecar_url, self.io,
+                                                     spec.sidecar_sha256 if self.verify(s) else None)
             except Exception as e:  # noqa: BLE001
                 raise LoaderError(f"cannot read sidecar {self.shards[s].sidecar_url}: {type(e).__name__}: {e}") from e
         return self._tables[s]
+
+    def verify(self, s: int) -> bool:
+        return verifies(self.cfg, self.shards[s])
 
     def clips(self, s: int, cycle: int) -> list[list[Window]]:
         if s not in self._clips:
@@ -125,20 +157,45 @@ class Executor:
         return True
 
     def _read_shard(self, s: int) -> Iterator[None]:
+        """Stream shard ``s``: cache the frame (or None) of every needed row, yielding after each.
+
+        With checksums the whole tar is first copied aside and hashed, so no sample of a
+        mismatching tar is ever used. Tar samples must follow the sidecar's row order (rows
+        may be missing: a damaged tar); a sample out of order is a bad sample.
+        """
         spec = self.src.shards[s]
         meta = self.metas[s]
         rows = meta.row_of()
         need = self.needed[s]
         seen_rows: set[int] = set()
         last_key = None
+        prev_row = -1
         try:
-            with open_stream(spec.url, self.src.io) as f:
+            with contextlib.ExitStack() as stack:
+                f = stack.enter_context(open_stream(spec.url, self.src.io))
+                if self.src.verify(s) and spec.sha256 is not None:
+                    f, got = spool_verified(spec.url, f, spec.sha256, int(self.src.cfg.verify_spool_mb * 2**20))
+                    stack.callback(f.close)
+                    if got != spec.sha256:
+                        for row in need:
+                            self.cache[(s, row)] = None
+                        self.errors.bad(f"{spec.url}: sha256 {got} differs from the manifest's {spec.sha256}: "
+                                        f"all {len(need)} sample(s) of the shard skipped", n=len(need))
+                        return
                 for key, members in iter_tar_samples(f, spec.url):
                     last_key = key
                     row = rows.get(key)
                     if row is None:
                         self.errors.bad(f"{spec.url}: tar sample {key!r} has no sidecar row")
                         continue
+                    if row <= prev_row:
+                        self.errors.bad(f"{spec.url}: tar sample {key!r} is out of the sidecar's row order "
+                                        f"(row {row} after row {prev_row})")
+                        if row not in seen_rows and row in need:
+                            self.cache[(s, row)] = None
+                        seen_rows.add(row)
+                        continue
+                    prev_row = row
                     seen_rows.add(row)
                     if row in need:
                         self.cache[(s, row)] = self._frame(spec.url, key, meta, row, members)
@@ -158,6 +215,9 @@ class Executor:
 
     def _frame(self, url: str, key: str, meta: ShardMeta, row: int, members: dict[str, bytes]) -> Frame | None:
         """The frame of one tar sample (decoded, or its checked JPEGs), or None for a bad sample."""
+        if row in meta.nonfinite:
+            self.errors.bad(f"{url}: sample {key!r} has non-finite values in {meta.nonfinite[row]}")
+            return None
         missing = [e for e in CAMERA_EXTS if e not in members]
         if missing:
             self.errors.bad(f"{url}: sample {key!r} lacks member(s) {', '.join(missing)}")

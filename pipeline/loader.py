@@ -77,7 +77,13 @@ def count_samples(shards: list[ShardSpec], cfg: LoaderConfig) -> int:
     total = 0
     io = io_options(cfg)
     for s in shards:
-        total += s.num_samples if s.num_samples is not None else open_sidecar_table(s.sidecar_url, io).num_rows
+        if s.num_samples is not None:
+            total += s.num_samples
+            continue
+        try:
+            total += open_sidecar_table(s.sidecar_url, io).num_rows
+        except Exception as e:  # noqa: BLE001 - unreachable host, 404, damaged sidecar: one clear error
+            raise LoaderError(f"cannot read sidecar {s.sidecar_url}: {type(e).__name__}: {e}") from e
     return total
 
 
@@ -87,6 +93,11 @@ class Loader:
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg
         self.shards = expand_shard_urls(cfg.shards, allow_pipe=cfg.allow_pipe, io_opts=io_options(cfg))
+        if cfg.verify_checksums:
+            unknown = [s.url for s in self.shards if s.sha256 is None]
+            if unknown:
+                raise LoaderError(f"verify_checksums=true but no sha256 is known for {unknown[0]} (and "
+                                  f"{len(unknown) - 1} more): list the shards through their manifest.json")
         self.rank, self.world = resolve_rank(cfg)
         self.num_workers = cfg.num_workers
         nw = max(1, cfg.num_workers)
