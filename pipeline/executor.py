@@ -15,6 +15,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
 import numpy as np
@@ -50,7 +51,7 @@ def verifies(cfg: LoaderConfig, spec: ShardSpec) -> bool:
     return bool(cfg.verify_checksums)
 
 
-def spool_verified(url: str, f: IO[bytes], sha256: str, spool_bytes: int) -> tuple[IO[bytes], str]:
+def spool_verified(f: IO[bytes], spool_bytes: int) -> tuple[IO[bytes], str]:
     """Copy the stream ``f`` into a spooled file (memory up to ``spool_bytes``, then disk) while
     hashing it; returns (the copy at offset 0, the hex sha256 read). The caller compares."""
     h = hashlib.sha256()
@@ -115,7 +116,9 @@ class Executor:
     ``stream`` is the order shards are read in; frames are decoded when the reader passes
     them, only if a remaining window needs them, and freed after their clip's last window.
     With ``decode_in_worker`` False the frames keep their JPEG bytes (headers checked) for
-    the main process to decode.
+    the main process to decode. Shards verified against their sha256 are fetched (copied aside
+    and hashed) by a background thread, the next shard of the stream while the current one
+    decodes, so verification does not serialise transfer and decode.
     """
 
     def __init__(self, src: PlanSource, stream: list[int], windows: list[Window], decoder: Decoder,
@@ -144,6 +147,8 @@ class Executor:
         self._stream_pos = 0
         self._reader: Iterator | None = None
         self._reading: int | None = None
+        self._fetches: dict[int, Future] = {}
+        self._fetcher: ThreadPoolExecutor | None = None
 
     # -- reading ----------------------------------------------------------------------
     def _open_next(self) -> bool:
@@ -151,10 +156,40 @@ class Executor:
             return False
         s = self.stream[self._stream_pos]
         self._stream_pos += 1
+        self._start_fetch(s)
+        if self._stream_pos < len(self.stream):
+            self._start_fetch(self.stream[self._stream_pos])  # overlap the next transfer with this decode
         self._reading = s
         self.metas[s] = self.src.meta(s)
         self._reader = self._read_shard(s)
         return True
+
+    def _verified(self, s: int) -> bool:
+        return self.src.verify(s) and self.src.shards[s].sha256 is not None
+
+    def _start_fetch(self, s: int) -> None:
+        if s in self._fetches or not self._verified(s):
+            return
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="bevstream-fetch")
+        spec = self.src.shards[s]
+        spool = int(self.src.cfg.verify_spool_mb * 2**20)
+
+        def fetch() -> tuple[IO[bytes], str]:
+            with open_stream(spec.url, self.src.io) as f:
+                return spool_verified(f, spool)
+
+        self._fetches[s] = self._fetcher.submit(fetch)
+
+    def close(self) -> None:
+        """Stop background fetches (their spooled copies are dropped)."""
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=False, cancel_futures=True)
+            self._fetcher = None
+        for fut in self._fetches.values():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result()[0].close()
+        self._fetches.clear()
 
     def _read_shard(self, s: int) -> Iterator[None]:
         """Stream shard ``s``: cache the frame (or None) of every needed row, yielding after each.
@@ -172,9 +207,9 @@ class Executor:
         prev_row = -1
         try:
             with contextlib.ExitStack() as stack:
-                f = stack.enter_context(open_stream(spec.url, self.src.io))
-                if self.src.verify(s) and spec.sha256 is not None:
-                    f, got = spool_verified(spec.url, f, spec.sha256, int(self.src.cfg.verify_spool_mb * 2**20))
+                if self._verified(s):
+                    self._start_fetch(s)
+                    f, got = self._fetches.pop(s).result()  # the copy (read errors raise here)
                     stack.callback(f.close)
                     if got != spec.sha256:
                         for row in need:
@@ -182,6 +217,8 @@ class Executor:
                         self.errors.bad(f"{spec.url}: sha256 {got} differs from the manifest's {spec.sha256}: "
                                         f"all {len(need)} sample(s) of the shard skipped", n=len(need))
                         return
+                else:
+                    f = stack.enter_context(open_stream(spec.url, self.src.io))
                 for key, members in iter_tar_samples(f, spec.url):
                     last_key = key
                     row = rows.get(key)
@@ -275,6 +312,12 @@ class Executor:
     # -- delivering -------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Window, list[Frame] | None, list[bool]]]:
         """``(window, frames, valid)`` per plan window; ``frames`` is None when the current frame is bad."""
+        try:
+            yield from self._deliver()
+        finally:
+            self.close()
+
+    def _deliver(self) -> Iterator[tuple[Window, list[Frame] | None, list[bool]]]:
         for i, w in enumerate(self.windows):
             self._ensure(w.shard, w.rows)
             frames = [self.cache.get((w.shard, r)) for r in w.rows]
