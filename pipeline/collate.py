@@ -6,23 +6,21 @@ import numpy as np
 
 from .config import LoaderConfig
 from .decode_cpu import decode_matrix
+from .executor import Delivered
 from .meta import ShardMeta
 from .raw_batch import FrameRefs, RawBatch, WorkerProgress
-from .transport import Frame, FrameLedger
-from .windows import Window
-
-Item = tuple[Window, list[Frame], list[bool]]
-"""A delivered window, its T frames (fill-ins resolved) and its T valid flags."""
+from .transport import FrameLedger
 
 
-def collate(items: list[Item], metas: dict[int, ShardMeta], cfg: LoaderConfig, decode_in_worker: bool,
+def collate(items: list[Delivered], metas: dict[int, ShardMeta], cfg: LoaderConfig, decode_in_worker: bool,
             ledger: FrameLedger, progress: WorkerProgress) -> RawBatch:
-    """Gather the sidecar metadata of B windows and reference their frames (see :class:`RawBatch`).
+    """Gather the sidecar metadata of B delivered windows (frames not None) and reference their frames
+    (see :class:`RawBatch`).
 
     Frames used for the first time are marked sent in ``ledger``; frames it released are listed
     in ``frames.release`` (and slots of released frames that were never sent are freed here).
     """
-    rows_meta = [(metas[w.shard], list(w.rows)) for w, _, _ in items]
+    rows_meta = [(metas[d.window.shard], list(d.window.rows)) for d in items]
 
     def gather(attr: str) -> np.ndarray:
         return np.stack([getattr(m, attr)[rows] for m, rows in rows_meta])
@@ -32,8 +30,8 @@ def collate(items: list[Item], metas: dict[int, ShardMeta], cfg: LoaderConfig, d
     for idx in np.ndindex(*cam_size.shape[:3]):
         a_dec[idx] = decode_matrix(int(cam_size[idx][0]), int(cam_size[idx][1]), cfg.crop_box, cfg.image_size)
 
-    fids = np.array([[f.fid for f in frames] for _, frames, _ in items], dtype=np.int64)  # [B, T]
-    new = ledger.take_new([f for _, frames, _ in items for f in frames])
+    fids = np.array([[f.fid for f in d.frames] for d in items], dtype=np.int64)  # [B, T]
+    new = ledger.take_new([f for d in items for f in d.frames])
     if decode_in_worker:
         pool = ledger.pool
         flags = None
@@ -55,7 +53,7 @@ def collate(items: list[Item], metas: dict[int, ShardMeta], cfg: LoaderConfig, d
 
     boxes, labels, attrs, npts, vis, points = [], [], [], [], [], []
     tokens, scenes, stamps = [], [], []
-    for (m, rows), (_, frames, _) in zip(rows_meta, items):
+    for (m, rows), d in zip(rows_meta, items):
         cur = rows[-1]
         sl = m.rows_boxes(cur)
         keep = np.ones(sl.stop - sl.start, bool) if cfg.keep_ignored_labels else m.labels[sl] >= 0
@@ -68,12 +66,12 @@ def collate(items: list[Item], metas: dict[int, ShardMeta], cfg: LoaderConfig, d
         scenes.append(m.scene_token[cur])
         stamps.append(int(m.timestamp[cur]))
         if cfg.load_points:
-            points.append(frames[-1].points)
+            points.append(d.frames[-1].points)
     return RawBatch(
         progress=progress, frames=refs,
         intrinsics=gather("intrinsics"), cam2ego=gather("cam2ego"), cam_ego2global=gather("cam_ego2global"),
         ego2global=gather("ego2global"), decode_aug=a_dec,
-        valid_prev=np.array([v for _, _, v in items], dtype=bool),
+        valid_prev=np.array([d.valid for d in items], dtype=bool),
         gt_boxes=boxes, gt_labels=labels, gt_attrs=attrs, gt_num_pts=npts, gt_visibility=vis,
         sample_token=tokens, scene_token=scenes, timestamp=np.array(stamps, dtype=np.int64),
         keys=[m.keys[rows[-1]] for m, rows in rows_meta], points=points if cfg.load_points else None)

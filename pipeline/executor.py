@@ -16,6 +16,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
@@ -38,6 +39,17 @@ log = logging.getLogger("pipeline")
 CAMERA_EXTS = tuple(c.lower() + ".jpg" for c in CAMERAS)
 """Tar member extension of each camera, camera order."""
 LIDAR_EXT = "lidar.npy"
+
+
+@dataclass
+class Delivered:
+    """A plan window as the executor delivers it: ``frames`` holds its T frames (oldest first; a bad
+    or missing previous frame replaced by the nearest good one, its ``valid`` False, and ``window.rows``
+    updated to match), or None when the current frame is bad (the window is dropped)."""
+
+    window: Window
+    frames: list[Frame] | None
+    valid: list[bool]
 
 
 def io_options(cfg: LoaderConfig) -> IOOptions:
@@ -310,14 +322,14 @@ class Executor:
                 self._reading = None
 
     # -- delivering -------------------------------------------------------------------
-    def __iter__(self) -> Iterator[tuple[Window, list[Frame] | None, list[bool]]]:
-        """``(window, frames, valid)`` per plan window; ``frames`` is None when the current frame is bad."""
+    def __iter__(self) -> Iterator[Delivered]:
+        """One :class:`Delivered` per plan window, in plan order."""
         try:
             yield from self._deliver()
         finally:
             self.close()
 
-    def _deliver(self) -> Iterator[tuple[Window, list[Frame] | None, list[bool]]]:
+    def _deliver(self) -> Iterator[Delivered]:
         for i, w in enumerate(self.windows):
             self._ensure(w.shard, w.rows)
             frames = [self.cache.get((w.shard, r)) for r in w.rows]
@@ -333,7 +345,7 @@ class Executor:
                         frames[t], rows[t], valid[t] = frames[near], w.rows[near], False
                 w = Window(w.shard, w.clip, tuple(rows), w.valid, w.cycle)
                 result = frames
-            yield w, result, valid
+            yield Delivered(w, result, valid)
             if self.last_use.get((w.shard, w.clip)) == i:
                 for r in self.clip_rows[(w.shard, w.clip)]:
                     f = self.cache.pop((w.shard, r), None)

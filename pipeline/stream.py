@@ -7,7 +7,8 @@ Each worker computes its read plan (:mod:`pipeline.windows`), follows it with an
 DataLoader is used with ``batch_size=None``; augmentation happens later on the batch device.
 
 A batch from shard to ``Batch``: ``ShardSpec`` (urls) -> ``ShardMeta`` (meta, the sidecar) ->
-``Window`` (windows) -> ``Frame`` (executor/transport) -> ``RawBatch`` (collate) ->
+``Window`` (windows) -> ``Delivered`` (executor: the window with its ``Frame`` s) ->
+``RawBatch`` (collate) ->
 ``FrameCache.assemble`` (transport) -> ``finish_batch`` (augment) -> ``Batch``.
 
 Faults (:mod:`pipeline.faults`): bad samples are skipped, counted and logged with shard URL and
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .collate import Item, collate
+from .collate import collate
 from .config import LoaderConfig
 from .decoder import Decoder, dali_on_gpu, make_decoder
-from .executor import Executor, PlanSource, io_options
+from .executor import Delivered, Executor, PlanSource, io_options
 from .faults import ErrorCounter, LoaderError
 from .meta import ShardMeta
 from .raw_batch import RawBatch, WorkerProgress
@@ -78,7 +79,7 @@ class WindowStream(IterableDataset):
             yield from self._train(src, worker, nw, decoder, errors, consumed, delivered)
         errors.check(final=True)
 
-    def _collate(self, items: list[Item], metas: dict[int, ShardMeta], ledger: FrameLedger, worker: int,
+    def _collate(self, items: list[Delivered], metas: dict[int, ShardMeta], ledger: FrameLedger, worker: int,
                  consumed: int, delivered: int, errors: ErrorCounter) -> RawBatch:
         progress = WorkerProgress(worker, consumed, delivered, errors.errors, errors.seen)
         return collate(items, metas, self.cfg, self.decode_in_worker, ledger, progress)
@@ -105,7 +106,7 @@ class WindowStream(IterableDataset):
                 ex.metas = metas  # shared across passes: pending windows may come from the last pass
                 for item in ex:
                     pos += 1
-                    if item[1] is None:
+                    if item.frames is None:
                         continue
                     pending.append(item)
                     if len(pending) == cfg.batch_size:
@@ -133,7 +134,7 @@ class WindowStream(IterableDataset):
                       load_points=cfg.load_points, ledger=ledger)
         it = iter(ex)
         for b in batches:
-            items = [x for x in (next(it) for _ in b) if x[1] is not None]
+            items = [x for x in (next(it) for _ in b) if x.frames is not None]
             delivered += 1
             if items:
                 yield self._collate(items, ex.metas, ledger, worker, 0, delivered, errors)
