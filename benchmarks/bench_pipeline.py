@@ -172,7 +172,7 @@ def bench_ours(shards: Path, T, out_hw, batch, workers, n_samples) -> tuple[floa
                        crop_box=LOWER_BAND, num_workers=workers, augment=False, epoch_samples=n_samples,
                        decoder="cpu", shuffle_buffer=16)
     loader = build_loader(cfg)
-    return _rate(loader.host_batches(), lambda b: int(b["frame_ids"].shape[0]), torch)
+    return _rate(loader.host_batches(), lambda b: b.batch_size, torch)
 
 
 def _cpu_seconds() -> float:

@@ -19,7 +19,6 @@ viewed in its own augmented ego frame) and ``cur_from_prev' = B @ cur_from_prev 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import kornia
 import numpy as np
@@ -29,6 +28,7 @@ from shards import conventions
 from shards.contracts.batch import Batch
 
 from .config import BevAugConfig, ImageAugConfig, LoaderConfig
+from .raw_batch import RawBatch
 
 
 def _uniform(gen: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
@@ -124,22 +124,18 @@ def _transform_points(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _torch(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return torch.from_numpy(v)
-    if isinstance(v, list) and v and isinstance(v[0], np.ndarray):
-        return [torch.from_numpy(x) for x in v]
-    return v
+def _tensors(arrays: list[np.ndarray]) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.asarray(a)) for a in arrays]
 
 
-def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | None, device: torch.device,
-                 imgs_u8: torch.Tensor | None = None) -> Batch:
-    """Raw worker batch -> augmented :class:`Batch` on ``device``.
+def finish_batch(raw: RawBatch, imgs_u8: torch.Tensor, cfg: LoaderConfig, gen: torch.Generator | None,
+                 device: torch.device) -> Batch:
+    """A worker's :class:`RawBatch` and its images -> augmented :class:`Batch` on ``device``.
 
-    ``imgs_u8``: ``[B, T, N, H, W, 3]`` uint8 images (on ``device`` or host); defaults to ``raw["imgs"]``.
+    ``imgs_u8``: ``[B, T, N, H, W, 3]`` uint8 images (on ``device`` or host), from
+    :meth:`pipeline.transport.FrameCache.assemble`. ``gen`` None: no random augmentation.
     """
-    raw = {k: _torch(v) for k, v in raw.items()}
-    k = raw["intrinsics"]  # [B, T, N, 3, 3] float64
+    k = torch.from_numpy(raw.intrinsics)  # [B, T, N, 3, 3] float64
     b, t, n = k.shape[:3]
     hw = tuple(cfg.image_size)
     train_aug = cfg.mode == "train" and cfg.augment and gen is not None
@@ -147,14 +143,15 @@ def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | 
     a_img = sample_image_aug(cfg.image_aug, b, n, hw, gen) if train_aug else eye3.expand(b, n, 3, 3)
     bev = sample_bev_aug(cfg.bev_aug, b, gen) if train_aug else torch.eye(4, dtype=torch.float64).repeat(b, 1, 1)
     bev_inv = torch.linalg.inv(bev)
-    img_aug = a_img[:, None] @ raw["decode_aug"]  # [B, T, N, 3, 3]
+    img_aug = a_img[:, None] @ torch.from_numpy(raw.decode_aug)  # [B, T, N, 3, 3]
     k_aug = img_aug @ k
-    e2g = raw["ego2global"]  # [B, T, 4, 4]
-    e2c = conventions.ego2cam(raw["cam2ego"], raw["cam_ego2global"], e2g[:, :, None])
+    e2g = torch.from_numpy(raw.ego2global)  # [B, T, 4, 4]
+    cam2ego = torch.from_numpy(raw.cam2ego)  # [B, T, N, 4, 4]
+    e2c = conventions.ego2cam(cam2ego, torch.from_numpy(raw.cam_ego2global), e2g[:, :, None])
     e2i = conventions.ego2img(k_aug, e2c) @ bev_inv[:, None, None]
     cfp = bev[:, None] @ conventions.cur_from_prev(e2g[:, -1:], e2g) @ bev_inv[:, None]
 
-    x = (imgs_u8 if imgs_u8 is not None else raw["imgs"]).to(device, non_blocking=True)
+    x = imgs_u8.to(device, non_blocking=True)
     x = x.permute(0, 1, 2, 5, 3, 4).float().div_(255.0)  # [B, T, N, 3, H, W]
     if train_aug and not torch.equal(a_img, eye3.expand_as(a_img)):
         a_all = a_img[:, None].expand(b, t, n, 3, 3).reshape(-1, 3, 3).to(device, torch.float32)
@@ -163,10 +160,11 @@ def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | 
         x = photometric(x, cfg.image_aug, gen)
 
     boxes = [conventions.transform_boxes(bx.double(), bev[i]).float() if len(bx) else bx
-             for i, bx in enumerate(raw["gt_boxes"])]
+             for i, bx in enumerate(_tensors(raw.gt_boxes))]
     points = None
-    if raw.get("points") is not None:
-        points = [_transform_points(p, bev[i]).to(device, non_blocking=True) for i, p in enumerate(raw["points"])]
+    if raw.points is not None:
+        points = [_transform_points(p, bev[i]).to(device, non_blocking=True)
+                  for i, p in enumerate(_tensors(raw.points))]
 
     def dev(v: torch.Tensor) -> torch.Tensor:
         return v.to(device=device, dtype=torch.float32, non_blocking=True)
@@ -175,19 +173,19 @@ def finish_batch(raw: dict[str, Any], cfg: LoaderConfig, gen: torch.Generator | 
         imgs=x.contiguous(),
         ego2img=dev(e2i),
         intrinsics=dev(k_aug),
-        cam2ego=dev(raw["cam2ego"]),
+        cam2ego=dev(cam2ego),
         img_aug=dev(img_aug),
         bev_aug=dev(bev),
         cur_from_prev=dev(cfp),
-        valid_prev=raw["valid_prev"].to(device, non_blocking=True),
+        valid_prev=torch.from_numpy(raw.valid_prev).to(device, non_blocking=True),
         ego2global=dev(e2g),
         gt_boxes=[bx.to(device, non_blocking=True) for bx in boxes],
-        gt_labels=[v.to(device, non_blocking=True) for v in raw["gt_labels"]],
-        gt_attrs=[v.to(device, non_blocking=True) for v in raw["gt_attrs"]],
-        gt_num_pts=[v.to(device, non_blocking=True) for v in raw["gt_num_pts"]],
-        gt_visibility=[v.to(device, non_blocking=True) for v in raw["gt_visibility"]],
-        sample_token=list(raw["sample_token"]),
-        scene_token=list(raw["scene_token"]),
-        timestamp=raw["timestamp"].to(device, non_blocking=True),
+        gt_labels=[v.to(device, non_blocking=True) for v in _tensors(raw.gt_labels)],
+        gt_attrs=[v.to(device, non_blocking=True) for v in _tensors(raw.gt_attrs)],
+        gt_num_pts=[v.to(device, non_blocking=True) for v in _tensors(raw.gt_num_pts)],
+        gt_visibility=[v.to(device, non_blocking=True) for v in _tensors(raw.gt_visibility)],
+        sample_token=list(raw.sample_token),
+        scene_token=list(raw.scene_token),
+        timestamp=torch.from_numpy(raw.timestamp).to(device, non_blocking=True),
         points=points,
     )

@@ -89,6 +89,14 @@ class LoaderConfig:
     keep_ignored_labels: bool = False
     """Keep boxes whose label is -1 (non-detection categories); off by default."""
     allow_pipe: bool = False
+    """Accept ``pipe:CMD`` shard URLs (CMD runs in a shell; its stdout is the tar, the same command with
+    the last ``.tar`` replaced by ``.arrow`` gives the sidecar)."""
+    verify_checksums: bool | None = None
+    """Check each tar (while it streams, before any of its samples is used) and sidecar against the
+    manifest's sha256; a mismatching tar is a bad shard (its samples counted and skipped). None: on for
+    remote (HTTP/S3) shards listed by a manifest. True needs a manifest with checksums."""
+    verify_spool_mb: float = 256.0
+    """A verified tar is held in memory up to this size while it is hashed (beyond: a temporary file)."""
     s3_endpoint_url: str | None = None
     """S3 endpoint (e.g. MinIO); credentials come from the usual AWS environment/config."""
     http_timeout: float = 30.0

@@ -26,6 +26,44 @@ class DecodeError(ValueError):
     """A JPEG could not be decoded or has the wrong size."""
 
 
+class CameraDecodeError(DecodeError):
+    """Decoding one camera of a frame failed: ``camera`` is its index (camera order), ``error`` the cause."""
+
+    def __init__(self, camera: int, error: Exception):
+        super().__init__(str(error))
+        self.camera = camera
+        self.error = error
+
+
+def check_jpeg_size(data: bytes, src_wh: tuple[int, int]) -> None:
+    """Header check (JPEG SOF size against the sidecar's ``(width, height)``) without decoding pixels.
+
+    Raises:
+        DecodeError: the data is not a JPEG or its size differs from ``src_wh``.
+    """
+    sw, sh = int(src_wh[0]), int(src_wh[1])
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad data
+        raise DecodeError(f"{type(e).__name__}: {e}") from e
+    if im.format != "JPEG":
+        raise DecodeError(f"not a JPEG ({im.format})")
+    if im.size != (sw, sh):
+        raise DecodeError(f"JPEG is {im.size[0]}x{im.size[1]}, sidecar says {sw}x{sh}")
+
+
+def check_jpeg_sizes(datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[DecodeError | None]:
+    """:func:`check_jpeg_size` of every image: the error, or None where the header matches."""
+    errs: list[DecodeError | None] = []
+    for d, wh in zip(datas, src_whs):
+        try:
+            check_jpeg_size(d, wh)
+            errs.append(None)
+        except DecodeError as e:
+            errs.append(e)
+    return errs
+
+
 def crop_pixels(src_w: int, src_h: int, crop_box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """Fractional crop box -> integer pixel box (left, top, right, bottom) of the source."""
     left, top, right, bottom = crop_box
@@ -157,6 +195,22 @@ class CpuDecoder:
         if arr.shape != (h, w, 3):  # pragma: no cover - defensive
             raise DecodeError(f"decoded shape {arr.shape}, expected {(h, w, 3)}")
         return arr
+
+    def check_sizes(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[DecodeError | None]:
+        """Header-only size check of every image (see :func:`check_jpeg_size`)."""
+        return check_jpeg_sizes(datas, src_whs)
+
+    def decode_frame(self, datas: list[bytes], src_whs: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Decode the C camera images of one frame into ``out`` ``[C, H, W, 3]`` uint8, in place.
+
+        Raises:
+            CameraDecodeError: at the first camera that fails (its index and cause).
+        """
+        for c, (d, wh) in enumerate(zip(datas, src_whs)):
+            try:
+                self.decode(d, wh, out=out[c])
+            except DecodeError as e:
+                raise CameraDecodeError(c, e) from e
 
     def decode_many(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[np.ndarray | Exception]:
         out: list[np.ndarray | Exception] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decode_cpu import DecodeError, crop_pixels
+from .decode_cpu import CameraDecodeError, DecodeError, check_jpeg_sizes, crop_pixels
 
 
 def cuda_usable() -> bool:
@@ -87,30 +87,23 @@ class DaliDecoder:
         feed_ndarray(out.as_tensor(), t, cuda_stream=torch.cuda.current_stream())
         return list(t.unbind(0))
 
-    @staticmethod
-    def _check_sizes(datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[Exception | None]:
-        """Header check (SOF size vs sidecar) before DALI sees the data."""
-        import io
+    def check_sizes(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list[DecodeError | None]:
+        """Header-only size check of every image (SOF size vs sidecar) before DALI sees the data."""
+        return check_jpeg_sizes(datas, src_whs)
 
-        from PIL import Image
+    def decode_frame(self, datas: list[bytes], src_whs: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Decode the C camera images of one frame (one pipeline run) into ``out`` ``[C, H, W, 3]`` uint8.
 
-        errs: list[Exception | None] = []
-        for d, (sw, sh) in zip(datas, src_whs):
-            try:
-                im = Image.open(io.BytesIO(d))
-                if im.format != "JPEG":
-                    raise DecodeError(f"not a JPEG ({im.format})")
-                if im.size != (int(sw), int(sh)):
-                    raise DecodeError(f"JPEG is {im.size[0]}x{im.size[1]}, sidecar says {sw}x{sh}")
-                errs.append(None)
-            except DecodeError as e:
-                errs.append(e)
-            except Exception as e:  # noqa: BLE001
-                errs.append(DecodeError(f"{type(e).__name__}: {e}"))
-        return errs
+        Raises:
+            CameraDecodeError: for the first camera that fails (its index and cause).
+        """
+        for c, o in enumerate(self.decode_many(datas, src_whs)):
+            if isinstance(o, Exception):
+                raise CameraDecodeError(c, o)
+            out[c] = o
 
     def decode_many(self, datas: list[bytes], src_whs: list[tuple[int, int]]) -> list:
-        errs = self._check_sizes(datas, src_whs)
+        errs = self.check_sizes(datas, src_whs)
         out: list = list(errs)
         good = [i for i, e in enumerate(errs) if e is None]
         for s in range(0, len(good), self.max_batch):

@@ -37,8 +37,13 @@ from shards.contracts.batch import Batch
 
 from .augment import finish_batch
 from .config import LoaderConfig
+from .decoder import dali_on_gpu
+from .executor import io_options
+from .faults import LoaderError
 from .meta import open_sidecar_table
-from .stream import EpochSpec, FrameCache, LoaderError, WindowStream, dali_on_gpu, io_options
+from .raw_batch import RawBatch
+from .stream import EpochSpec, WindowStream
+from .transport import FrameCache
 from .urls import ShardSpec, expand_shard_urls
 
 log = logging.getLogger("pipeline")
@@ -72,7 +77,13 @@ def count_samples(shards: list[ShardSpec], cfg: LoaderConfig) -> int:
     total = 0
     io = io_options(cfg)
     for s in shards:
-        total += s.num_samples if s.num_samples is not None else open_sidecar_table(s.sidecar_url, io).num_rows
+        if s.num_samples is not None:
+            total += s.num_samples
+            continue
+        try:
+            total += open_sidecar_table(s.sidecar_url, io).num_rows
+        except Exception as e:  # noqa: BLE001 - unreachable host, 404, damaged sidecar: one clear error
+            raise LoaderError(f"cannot read sidecar {s.sidecar_url}: {type(e).__name__}: {e}") from e
     return total
 
 
@@ -82,6 +93,11 @@ class Loader:
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg
         self.shards = expand_shard_urls(cfg.shards, allow_pipe=cfg.allow_pipe, io_opts=io_options(cfg))
+        if cfg.verify_checksums:
+            unknown = [s.url for s in self.shards if s.sha256 is None]
+            if unknown:
+                raise LoaderError(f"verify_checksums=true but no sha256 is known for {unknown[0]} (and "
+                                  f"{len(unknown) - 1} more): list the shards through their manifest.json")
         self.rank, self.world = resolve_rank(cfg)
         self.num_workers = cfg.num_workers
         nw = max(1, cfg.num_workers)
@@ -135,12 +151,12 @@ class Loader:
         self._progress = {int(w): (int(v[0]), int(v[1])) for w, v in state["workers"].items()}
 
     # -- iteration -----------------------------------------------------------------------
-    def _decode_on_gpu(self, raw: dict[str, Any]) -> torch.Tensor | None:
+    def _decode_on_gpu(self, raw: RawBatch) -> torch.Tensor | None:
         """DALI nvJPEG decode of the batch's new frames: ``[F, N, H, W, 3]`` uint8 on the GPU."""
         from .decode_dali import DaliDecoder
 
-        jpegs = raw.pop("new_jpegs")
-        src_wh = raw.pop("src_wh")
+        jpegs = raw.frames.new_jpegs or []
+        src_wh = raw.frames.new_src_wh or []
         if not jpegs:
             return None
         n = len(jpegs[0])
@@ -154,16 +170,16 @@ class Loader:
         out = self._gpu_decoder.decode_many(flat, whs)
         bad = [i for i, o in enumerate(out) if isinstance(o, Exception)]
         if bad:
-            raise LoaderError(f"GPU decode failed for frame {raw['new_frame_ids'][bad[0] // n]}: {out[bad[0]]}")
+            raise LoaderError(f"GPU decode failed for frame {raw.frames.new_ids[bad[0] // n]}: {out[bad[0]]}")
         return torch.stack(out).reshape(len(jpegs), n, *out[0].shape)
 
-    def host_batches(self) -> Iterator[dict[str, Any]]:
-        """One epoch of raw host batches, as the workers produce them: the frames used for the
-        first time (``new_frames [F, N, H, W, 3]`` uint8, or their JPEG bytes for GPU decode),
-        ``frame_ids [B, T]``, releases, and float64 metadata (numpy).
+    def host_batches(self) -> Iterator[RawBatch]:
+        """One epoch of :class:`RawBatch` es, as the workers produce them: the frames used for the
+        first time (in shared slots, or their JPEG bytes for GPU decode), ``frame_ids [B, T]``,
+        releases, and float64 metadata (numpy).
         Each decoded frame crosses to the main process (and to the GPU) once, however many
         windows use it; :meth:`__iter__` assembles ``[B, T, N, ...]`` on the device
-        (:class:`pipeline.stream.FrameCache`) and augments."""
+        (:class:`pipeline.transport.FrameCache`) and augments."""
         cfg = self.cfg
         ds = WindowStream(cfg, self.shards, self.rank, self.world)
         ds.spec = EpochSpec(self.epoch, self.per_worker_batches(), dict(self._progress),
@@ -175,9 +191,9 @@ class Loader:
         # each frame from shared memory to the device once instead)
         dl = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, pin_memory=False, **kw)
         for raw in dl:
-            prog = raw.pop("progress")
-            self._progress[prog["worker"]] = (prog["consumed"], prog["delivered"])
-            self.error_stats[prog["worker"]] = (prog["errors"], prog["seen"])
+            prog = raw.progress
+            self._progress[prog.worker] = (prog.consumed, prog.delivered)
+            self.error_stats[prog.worker] = (prog.errors, prog.seen)
             self._batches_done += 1  # counted when handed out (state_dict right after is exact)
             yield raw
         errs = sum(e for e, _ in self.error_stats.values())
@@ -196,8 +212,8 @@ class Loader:
             index = self._batches_done - 1  # of this batch within the epoch
             gen = torch.Generator().manual_seed(hash((cfg.seed, self.epoch, self.rank, index)) & (2**63 - 1))
             new = self._decode_on_gpu(raw) if gpu_decode else None
-            imgs = cache.assemble(raw, new)
-            yield finish_batch(raw, cfg, gen, self.device, imgs_u8=imgs)
+            imgs = cache.assemble(raw, new)  # [B, T, N, H, W, 3] uint8 on the device
+            yield finish_batch(raw, imgs, cfg, gen, self.device)
 
 
 def build_loader(cfg: LoaderConfig) -> Loader:

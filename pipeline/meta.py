@@ -2,27 +2,56 @@
 
 The sidecar is the only metadata source: memory-mapped for local shards, fetched once for
 remote ones, opened by the worker that reads the shard (never copied between workers).
+Opening one checks that its keys are unique (and, given the manifest's sha256, its bytes);
+rows with non-finite values are listed in :attr:`ShardMeta.nonfinite` (bad samples).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shards.conventions import CAMERAS, attribute_index
 
 from .urls import IOOptions, local_path, read_bytes, scheme_of
 
 
-def open_sidecar_table(url: str, io_opts: IOOptions | None = None) -> pa.Table:
-    """The sidecar table of a shard: memory-mapped when local, fetched once when remote."""
+def open_sidecar_table(url: str, io_opts: IOOptions | None = None, sha256: str | None = None) -> pa.Table:
+    """The sidecar table of a shard: memory-mapped when local, fetched once when remote.
+
+    Raises ``ValueError`` naming the sidecar when a key repeats (a row of the tar would get
+    another row's labels), or when ``sha256`` is given and the bytes differ from it.
+    """
     from shards.reader import open_sidecar
 
-    if scheme_of(url) in ("", "file"):
-        return open_sidecar(local_path(url))
-    return open_sidecar(bytes(read_bytes(url, io_opts)))
+    if sha256 is not None:
+        data = read_bytes(url, io_opts)
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise ValueError(f"sidecar {url}: sha256 {got} differs from the manifest's {sha256}")
+        table = open_sidecar(local_path(url) if scheme_of(url) in ("", "file") else bytes(data))
+    elif scheme_of(url) in ("", "file"):
+        table = open_sidecar(local_path(url))
+    else:
+        table = open_sidecar(bytes(read_bytes(url, io_opts)))
+    check_unique_keys(url, table)
+    return table
+
+
+def check_unique_keys(url: str, table: pa.Table) -> None:
+    """Raise ``ValueError`` naming the sidecar and the first repeated key."""
+    keys = table.column("key")
+    if pc.count_distinct(keys).as_py() == table.num_rows:
+        return
+    seen: dict[str, int] = {}
+    for i, k in enumerate(keys.to_pylist()):
+        if k in seen:
+            raise ValueError(f"sidecar {url}: key {k!r} appears in rows {seen[k]} and {i} (keys must be unique)")
+        seen[k] = i
 
 
 def _list_values(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -60,6 +89,8 @@ class ShardMeta:
     attrs: np.ndarray  # [G] int64
     num_pts: np.ndarray  # [G] int64 (lidar + radar)
     visibility: np.ndarray  # [G] int64
+    nonfinite: dict[int, str] = field(default_factory=dict)
+    """row -> name of the first column with a NaN/inf value (``gt_boxes``, camera or ego matrices)."""
 
     @property
     def num_rows(self) -> int:
@@ -97,6 +128,17 @@ class ShardMeta:
 
         attr_off, attr_vals = _list_values(t.column("gt_attrs"))
         attrs = np.array([attribute_index(a) for a in attr_vals.to_pylist()], dtype=np.int64)
+        ego2global = np.asarray(_fixed(t.column("ego2global").combine_chunks(), 16)).reshape(n, 4, 4)
+        bad_box = np.zeros(n, bool)  # rows with a non-finite box value
+        box_rows = np.repeat(np.arange(n), np.diff(box_off))
+        bad_box[box_rows[~np.isfinite(boxes).all(axis=1)]] = True
+        nonfinite: dict[int, str] = {}
+        for name, rows_ok in (("gt_boxes", ~bad_box), ("ego2global", np.isfinite(ego2global).all(axis=(1, 2))),
+                              ("cameras.intrinsic", np.isfinite(k).all(axis=(1, 2, 3))),
+                              ("cameras.cam2ego", np.isfinite(c2e).all(axis=(1, 2, 3))),
+                              ("cameras.ego2global", np.isfinite(ce2g).all(axis=(1, 2, 3)))):
+            for r in np.flatnonzero(~rows_ok):
+                nonfinite.setdefault(int(r), name)
         return cls(
             url=url,
             keys=t.column("key").to_pylist(),
@@ -104,7 +146,7 @@ class ShardMeta:
             scene_token=t.column("scene_token").to_pylist(),
             frame_index=np.asarray(t.column("frame_index").to_numpy(), dtype=np.int64),
             timestamp=np.asarray(t.column("timestamp").to_numpy(), dtype=np.int64),
-            ego2global=np.asarray(_fixed(t.column("ego2global").combine_chunks(), 16)).reshape(n, 4, 4),
+            ego2global=ego2global,
             intrinsics=k,
             cam2ego=c2e,
             cam_ego2global=ce2g,
@@ -115,6 +157,7 @@ class ShardMeta:
             attrs=attrs if np.array_equal(attr_off, box_off) else np.full(len(boxes), -1, np.int64),
             num_pts=ints("num_lidar_pts") + ints("num_radar_pts"),
             visibility=ints("visibility"),
+            nonfinite=nonfinite,
         )
 
     def rows_boxes(self, row: int) -> slice:

@@ -1,9 +1,21 @@
-"""Shard URLs: expansion (braces, manifests), and opening local, HTTP(S) and S3 objects.
+"""Shard URLs: expansion (braces, manifests), and opening local, HTTP(S), S3 and ``pipe:`` objects.
 
 Remote reads go through :class:`RangeReader`, a file-like object that re-requests the rest
 of the object with an HTTP ``Range`` (or S3 ``Range``) from the last byte it delivered when a
-connection errors, resets or ends early, with exponential backoff. Whole small objects
-(sidecars, manifests) are fetched with :func:`read_bytes`; local files are memory-mapped.
+connection errors, resets or ends early, with exponential backoff. A resumed request must
+continue the same object: HTTP sends ``If-Range`` with the first response's ETag (or
+Last-Modified), S3 ``IfMatch`` with its ETag, and the reply's ``Content-Range`` must start at
+the byte asked for; otherwise :class:`ObjectChangedError` (not retried) names the URL. Whole
+small objects (sidecars, manifests) are fetched with :func:`read_bytes`; local files are
+memory-mapped.
+
+Manifest entries are plain file names in the manifest's own directory
+(:func:`check_member_name`): a manifest can never point the loader at a local path, ``../``,
+another host or a ``pipe:`` command.
+
+``pipe:CMD`` (only with ``allow_pipe``) runs ``CMD`` in a shell and reads the shard from its
+stdout (webdataset's convention); the sidecar is read by the same command with its last
+``.tar`` replaced by ``.arrow``.
 """
 
 from __future__ import annotations
@@ -12,6 +24,8 @@ import io
 import json
 import logging
 import mmap
+import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,22 +37,33 @@ from urllib.parse import urlparse
 
 import braceexpand
 
+from .faults import LoaderError
+
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("http", "https", "s3")
 
 
-class ShardURLError(ValueError):
-    """A shard URL cannot be used (refused scheme, unknown scheme, nothing matched)."""
+class ShardURLError(LoaderError, ValueError):
+    """A shard URL cannot be used (refused scheme, unknown scheme, unreadable manifest, bad
+    manifest entry, nothing matched)."""
+
+
+class ObjectChangedError(Exception):
+    """A resumed remote read would not continue the same bytes (the object was replaced, or the
+    server answered a Range request from another byte). Never retried."""
 
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """One shard: the tar URL, its sidecar URL, and the sample count when a manifest knows it."""
+    """One shard: the tar URL, its sidecar URL, and what its manifest knows (sample count, sha256)."""
 
     url: str
     sidecar_url: str
     num_samples: int | None = None
+    sha256: str | None = None
+    """Hex sha256 of the tar from the manifest (``verify_checksums``), None when unknown."""
+    sidecar_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,16 +89,47 @@ def local_path(url: str) -> Path:
     return Path(urlparse(url).path) if url.startswith("file://") else Path(url)
 
 
+def is_remote(url: str) -> bool:
+    return scheme_of(url) in REMOTE_SCHEMES
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]*")
+
+
+def check_member_name(name: object, manifest_url: str) -> str:
+    """Return ``name`` if it is a plain file name in the manifest's directory, else raise.
+
+    A plain name is one path component of letters, digits and ``_ . + = -`` that does not start
+    with a dot: no ``/`` or ``\\``, no ``..``, no absolute path, no URL or ``pipe:`` (``:``), no
+    ``%``, ``?`` or ``#`` (which a URL would decode or cut). Same rule as the shards side's
+    manifest reader.
+
+    Raises:
+        ShardURLError: naming the manifest and the entry.
+    """
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise ShardURLError(f"manifest {manifest_url}: shard file {name!r} is not a plain file name in the "
+                            "manifest's directory (no paths, '..', absolute paths or URLs)")
+    return name
+
+
 def join_url(base: str, name: str) -> str:
-    """``name`` relative to the directory of ``base`` (a path or URL)."""
-    if "://" in name or name.startswith("/"):
-        return name
+    """The plain file name ``name`` in the directory of ``base`` (a path or URL); see
+    :func:`check_member_name` (raises :class:`ShardURLError` for anything else)."""
+    check_member_name(name, base)
     if scheme_of(base) in ("", "file"):
         return str(local_path(base).parent / name)
     return base.rsplit("/", 1)[0] + "/" + name
 
 
 def sidecar_url(tar_url: str) -> str:
+    """The sidecar of a shard: ``.tar`` -> ``.arrow`` (for ``pipe:``, the command's last ``.tar``)."""
+    if scheme_of(tar_url) == "pipe":
+        i = tar_url.rfind(".tar")
+        if i < 0:
+            raise ShardURLError(f"pipe: URL {tar_url!r} names no .tar (its sidecar command replaces the last "
+                                "'.tar' by '.arrow')")
+        return tar_url[:i] + ".arrow" + tar_url[i + len(".tar"):]
     if not tar_url.endswith(".tar"):
         raise ShardURLError(f"shard URL {tar_url!r} does not end with .tar")
     return tar_url[: -len(".tar")] + ".arrow"
@@ -85,8 +141,8 @@ def expand_shard_urls(spec: str | list[str], *, allow_pipe: bool = False,
 
     ``spec``: a URL/path, a brace pattern (``train-{000000..000009}.tar``), a list of those,
     a directory (its ``manifest.json`` is used) or a manifest path/URL (``*.json``).
-    ``pipe:`` URLs raise :class:`ShardURLError` unless ``allow_pipe``; they are
-    also refused at open time because the sidecar cannot be located for them.
+    ``pipe:`` URLs raise :class:`ShardURLError` unless ``allow_pipe``. An unreadable manifest
+    raises :class:`ShardURLError` naming it.
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     out: list[ShardSpec] = []
@@ -96,7 +152,8 @@ def expand_shard_urls(spec: str | list[str], *, allow_pipe: bool = False,
             if sch == "pipe":
                 if not allow_pipe:
                     raise ShardURLError(f"refusing pipe: URL {url!r} (set allow_pipe=True to run shell commands)")
-                raise ShardURLError(f"pipe: URL {url!r} has no sidecar; bevstream shards need one")
+                out.append(ShardSpec(url, sidecar_url(url)))
+                continue
             if sch not in ("", "file") + REMOTE_SCHEMES:
                 raise ShardURLError(f"unsupported URL scheme {sch!r} in {url!r}")
             if sch in ("", "file") and local_path(url).is_dir():
@@ -113,8 +170,10 @@ def expand_shard_urls(spec: str | list[str], *, allow_pipe: bool = False,
 def _from_manifest(url: str, io_opts: IOOptions) -> list[ShardSpec]:
     try:
         manifest = json.loads(bytes(read_bytes(url, io_opts)))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ShardURLError(f"cannot read manifest {url}: {e}") from e
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise ShardURLError(f"cannot read manifest {url}: {type(e).__name__}: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ShardURLError(f"manifest {url} is not a JSON object")
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not shards:
         raise ShardURLError(f"manifest {url} lists no shards")
@@ -128,11 +187,14 @@ def _from_manifest(url: str, io_opts: IOOptions) -> list[ShardSpec]:
             raise ShardURLError(f"manifest {url}: shards[{i}] has no tar name ({entry!r})")
         if not name.endswith(".tar"):
             name = name + ".tar"
-        n = entry.get("num_samples", entry.get("samples")) if isinstance(entry, dict) else None
+        d = entry if isinstance(entry, dict) else {}
+        n = d.get("num_samples", d.get("samples"))
         tar = join_url(url, name)
-        side = entry.get("sidecar") if isinstance(entry, dict) else None
-        out.append(ShardSpec(tar, join_url(url, side) if isinstance(side, str) else sidecar_url(tar),
-                             int(n) if n is not None else None))
+        side = d.get("sidecar")
+        sha, side_sha = d.get("sha256"), d.get("sidecar_sha256")
+        out.append(ShardSpec(tar, join_url(url, side) if side is not None else sidecar_url(tar),
+                             int(n) if n is not None else None, sha if isinstance(sha, str) else None,
+                             side_sha if isinstance(side_sha, str) else None))
     return out
 
 
@@ -143,6 +205,8 @@ _RETRYABLE = (OSError, EOFError, ConnectionError, TimeoutError, urllib.error.URL
 
 
 def _is_retryable(e: BaseException) -> bool:
+    if isinstance(e, ObjectChangedError):
+        return False
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code == 429
     try:
@@ -239,12 +303,39 @@ class RangeReader(io.RawIOBase):
         super().close()
 
 
+def _range_start(content_range: str | None) -> int | None:
+    """First byte of a ``Content-Range: bytes a-b/n`` header, None when absent or unparsable."""
+    m = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
+    return int(m.group(1)) if m else None
+
+
 def _http_opener(url: str, timeout: float):
+    first: dict[str, str] = {}  # validator of the first response: {"If-Range": ETag or Last-Modified}
+
     def opener(offset: int):
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {}
+        if offset:
+            headers = {"Range": f"bytes={offset}-", **first}
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        if not offset and not first:
+            etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+            if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+                first["If-Range"] = etag
+            elif modified:
+                first["If-Range"] = modified
         size = None
         cr = resp.headers.get("Content-Range")
+        if offset:
+            if resp.status != 206 and first:
+                resp.close()
+                raise ObjectChangedError(f"{url} changed while it was read: the resumed request at byte {offset} "
+                                         f"with If-Range {first['If-Range']} got the whole object "
+                                         f"(status {resp.status})")
+            start = _range_start(cr)
+            if resp.status == 206 and start != offset:
+                resp.close()
+                raise ObjectChangedError(f"{url}: asked for bytes from {offset}, the 206 reply's Content-Range "
+                                         f"{cr!r} starts at {start}")
         if cr and "/" in cr and not cr.endswith("*"):
             size = int(cr.rsplit("/", 1)[1])
         elif resp.headers.get("Content-Length") is not None:
@@ -277,12 +368,20 @@ def _s3_opener(url: str, opts: IOOptions):
     p = urlparse(url)
     bucket, key = p.netloc, p.path.lstrip("/")
 
+    first: dict[str, str] = {}  # {"IfMatch": ETag of the first response}
+
     def opener(offset: int):
         client = s3_client(opts.s3_endpoint_url, opts.timeout)
-        kw = {"Range": f"bytes={offset}-"} if offset else {}
+        kw = {"Range": f"bytes={offset}-", **first} if offset else {}
         resp = client.get_object(Bucket=bucket, Key=key, **kw)
+        if not offset and not first and resp.get("ETag"):
+            first["IfMatch"] = resp["ETag"]
         size = None
         cr = resp.get("ContentRange")
+        if offset and _range_start(cr) != offset:
+            resp["Body"].close()
+            raise ObjectChangedError(f"{url}: asked for bytes from {offset}, the reply's ContentRange {cr!r} "
+                                     f"starts at {_range_start(cr)}")
         if cr and "/" in cr:
             size = int(cr.rsplit("/", 1)[1])
         elif resp.get("ContentLength") is not None:
@@ -298,6 +397,8 @@ def open_stream(url: str, opts: IOOptions | None = None) -> IO[bytes]:
     sch = scheme_of(url)
     if sch in ("", "file"):
         return open(local_path(url), "rb")
+    if sch == "pipe":
+        return io.BufferedReader(PipeReader(url), buffer_size=1 << 20)
     if sch in ("http", "https"):
         raw = RangeReader(url, _http_opener(url, opts.timeout), max_retries=opts.max_retries,
                           backoff=opts.retry_backoff)
@@ -306,6 +407,33 @@ def open_stream(url: str, opts: IOOptions | None = None) -> IO[bytes]:
     else:
         raise ShardURLError(f"cannot open {url!r}: unsupported scheme {sch!r}")
     return io.BufferedReader(raw, buffer_size=1 << 20)
+
+
+class PipeReader(io.RawIOBase):
+    """stdout of ``pipe:CMD`` (run by the shell); closing it waits for the command and raises
+    ``OSError`` naming the command when it failed."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = url
+        self._proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        return self._proc.stdout.readinto(b)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        while self._proc.stdout.read(1 << 20):  # drain, so the command does not fail on a closed pipe
+            pass
+        self._proc.stdout.close()
+        rc = self._proc.wait()
+        super().close()
+        if rc != 0:
+            raise OSError(f"{self.url}: command exited with status {rc}")
 
 
 def read_bytes(url: str, opts: IOOptions | None = None) -> bytes | memoryview:

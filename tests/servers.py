@@ -1,5 +1,6 @@
-"""Real loopback servers for tests: an HTTP file server (with Range support and an optional
-mid-file connection reset) and an S3-compatible ``moto_server``.
+"""Real loopback servers for tests: an HTTP file server (with Range and If-Range support, an
+ETag and Last-Modified per file, an optional mid-file connection reset, and an optional
+misbehaviour that answers Range requests from the wrong byte) and an S3-compatible ``moto_server``.
 
 Both run as subprocesses bound to 127.0.0.1 (port chosen by the OS for HTTP), so forked
 DataLoader workers never share a server thread with the test process.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import email.utils
 import os
 import socket
 import struct
@@ -38,7 +40,12 @@ TEST_S3_CREDENTIALS = {
 # --------------------------------------------------------------------------- HTTP
 
 
-def _make_handler(root: Path, reset_after_bytes: int | None):
+def etag_of(st: os.stat_result) -> str:
+    """Strong ETag of a file version (inode, mtime, size): a replaced file gets a new one."""
+    return f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _make_handler(root: Path, reset_after_bytes: int | None, range_skew: int = 0):
     reset_done: set[str] = set()
     lock = threading.Lock()
 
@@ -66,10 +73,16 @@ def _make_handler(root: Path, reset_after_bytes: int | None):
             if p is None:
                 self.send_error(404, "not found")
                 return
-            size = p.stat().st_size
+            st = p.stat()
+            size = st.st_size
+            etag = etag_of(st)
+            modified = email.utils.formatdate(st.st_mtime, usegmt=True)
             start, end = 0, size - 1
             status = 200
             rng = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            if if_range is not None and if_range not in (etag, modified):
+                rng = None  # RFC 9110 13.1.5: the representation changed, send all of it
             if rng and rng.startswith("bytes="):
                 a, _, b = rng[6:].partition("-")
                 start = int(a) if a else 0
@@ -81,10 +94,14 @@ def _make_handler(root: Path, reset_after_bytes: int | None):
                     self.end_headers()
                     return
                 status = 206
+                if start > 0 and range_skew:  # misbehaving server: replies from another byte
+                    start = min(start + range_skew, end)
             length = end - start + 1
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
             self.send_header("Content-Length", str(length))
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
@@ -118,8 +135,8 @@ def _make_handler(root: Path, reset_after_bytes: int | None):
     return Handler
 
 
-def _serve_http(root: Path, reset_after_bytes: int | None) -> None:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(root, reset_after_bytes))
+def _serve_http(root: Path, reset_after_bytes: int | None, range_skew: int = 0) -> None:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(root, reset_after_bytes, range_skew))
     srv.daemon_threads = True
     print(f"PORT {srv.server_address[1]}", flush=True)
     srv.serve_forever()
@@ -136,15 +153,19 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def http_server(root: Path, *, reset_after_bytes: int | None = None) -> Iterator[str]:
+def http_server(root: Path, *, reset_after_bytes: int | None = None, range_skew: int = 0) -> Iterator[str]:
     """Serve ``root`` over HTTP on 127.0.0.1 (a subprocess); yields the base URL.
 
-    Supports ``Range`` requests. With ``reset_after_bytes`` the first GET of every file that
-    is longer than that is cut with a TCP reset after that many body bytes (once per file).
+    Supports ``Range`` and ``If-Range`` (ETag or Last-Modified) requests. With ``reset_after_bytes``
+    the first GET of every file that is longer than that is cut with a TCP reset after that many
+    body bytes (once per file). With ``range_skew`` a Range request from byte a > 0 is answered
+    (206, with a matching Content-Range) from byte a + range_skew.
     """
     cmd = [sys.executable, "-m", "tests.servers", "http", str(Path(root).resolve())]
     if reset_after_bytes is not None:
         cmd += ["--reset-after-bytes", str(int(reset_after_bytes))]
+    if range_skew:
+        cmd += ["--range-skew", str(int(range_skew))]
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, text=True)
     try:
@@ -215,9 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("kind", choices=["http"])
     ap.add_argument("root", type=Path)
     ap.add_argument("--reset-after-bytes", type=int, default=None)
+    ap.add_argument("--range-skew", type=int, default=0)
     args = ap.parse_args(argv)
     os.chdir(args.root)
-    _serve_http(args.root, args.reset_after_bytes)
+    _serve_http(args.root, args.reset_after_bytes, args.range_skew)
 
 
 if __name__ == "__main__":

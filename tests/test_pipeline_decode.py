@@ -84,3 +84,23 @@ def test_dali_cpu_and_cpu_decoder_agree(synth_shards, image_size, mean_tol):
         diff = (x.imgs - y.imgs).abs() * 255
         assert diff.mean() < mean_tol, diff.mean()
         assert torch.quantile(diff.flatten()[::97], 0.99) < 8 * mean_tol
+
+
+@pytest.mark.parametrize("backend", ["cpu", "dali"])
+def test_decoder_protocol_checks_sizes_and_names_the_failing_camera(backend):
+    """Both decoders implement pipeline.decoder.Decoder: a header-only size check per image, and a
+    frame decode into [C, H, W, 3] that names the first camera that fails."""
+    from pipeline.decode_cpu import CameraDecodeError
+    from pipeline.decoder import Decoder
+
+    img = (np.random.default_rng(1).random((90, 160, 3)) * 255).astype(np.uint8)
+    good = _jpeg(img)
+    dec: Decoder = CpuDecoder((32, 80), LOWER_BAND) if backend == "cpu" else DaliDecoder((32, 80), LOWER_BAND)
+    errs = dec.check_sizes([good, good, b"junk"], [(160, 90), (320, 180), (160, 90)])
+    assert errs[0] is None and "sidecar says 320x180" in str(errs[1]) and isinstance(errs[2], DecodeError)
+    out = np.zeros((3, 32, 80, 3), np.uint8)
+    dec.decode_frame([good] * 3, [(160, 90)] * 3, out)
+    assert np.array_equal(out[0], dec.decode(good, (160, 90))) and np.array_equal(out[2], out[0])
+    with pytest.raises(CameraDecodeError) as e:
+        dec.decode_frame([good, good[: len(good) // 3], good], [(160, 90)] * 3, out)
+    assert e.value.camera == 1

@@ -13,7 +13,8 @@ import torch
 from pipeline import LoaderConfig
 from pipeline.augment import bev_aug_matrix, finish_batch, image_aug_matrix, warp_images
 from pipeline.config import BevAugConfig, ImageAugConfig
-from pipeline.stream import FrameCache, WindowStream
+from pipeline.stream import WindowStream
+from pipeline.transport import FrameCache
 from pipeline.urls import expand_shard_urls
 from shards import conventions as cv
 from shards.synth.render import PALETTE
@@ -29,10 +30,7 @@ def _raw_batches(shards, n: int, **kw):
     ws = WindowStream(cfg, expand_shard_urls(cfg.shards), 0, 1)
     ws.spec.batches_per_worker = [n]
     cache = FrameCache(torch.device("cpu"))
-    raws = []
-    for raw in ws:
-        raw["imgs"] = cache.assemble(raw)  # [B, T, N, H, W, 3] uint8
-        raws.append(raw)
+    raws = [(raw, cache.assemble(raw)) for raw in ws]  # (RawBatch, [B, T, N, H, W, 3] uint8)
     return cfg, raws
 
 
@@ -88,10 +86,10 @@ def test_projection_invariant_under_random_augmentations(synth_shards, offsets):
     cfg_aug = LoaderConfig(**{**cfg0.__dict__, **RANDOM_AUG})
     cfg_plain = LoaderConfig(**{**cfg0.__dict__, "augment": False})
     checked = 0
-    for i, raw in enumerate(raws):
-        plain = finish_batch(raw, cfg_plain, None, torch.device("cpu"))
+    for i, (raw, imgs) in enumerate(raws):
+        plain = finish_batch(raw, imgs, cfg_plain, None, torch.device("cpu"))
         gen = torch.Generator().manual_seed(100 + i)
-        aug = finish_batch(raw, cfg_aug, gen, torch.device("cpu"))
+        aug = finish_batch(raw, imgs, cfg_aug, gen, torch.device("cpu"))
         a_img = aug.img_aug.double() @ torch.linalg.inv(plain.img_aug.double())  # [B, T, N, 3, 3]
         for b in range(aug.batch_size):
             if not len(plain.gt_boxes[b]):
@@ -148,8 +146,8 @@ def test_boxes_drawn_on_decoded_image_cover_rendered_objects(synth_shards):
                               crop_box=(0.0, 0.0, 1.0, 1.0), shuffle_buffer=2)
     cfg = LoaderConfig(**{**cfg0.__dict__, **RANDOM_AUG, "augment": True})
     scores = []
-    for i, raw in enumerate(raws):
-        batch = finish_batch(raw, cfg, torch.Generator().manual_seed(7 + i), torch.device("cpu"))
+    for i, (raw, imgs) in enumerate(raws):
+        batch = finish_batch(raw, imgs, cfg, torch.Generator().manual_seed(7 + i), torch.device("cpu"))
         for b in range(batch.batch_size):
             boxes = batch.gt_boxes[b].double()
             vis = batch.gt_visibility[b]
@@ -205,9 +203,9 @@ def test_lidar_points_follow_the_bev_augmentation(synth_shards_lidar):
     cfg = LoaderConfig(**{**cfg0.__dict__, **RANDOM_AUG, "augment": True})
     plain_cfg = LoaderConfig(**{**cfg0.__dict__, "augment": False})
     total = 0
-    for i, raw in enumerate(raws):
-        plain = finish_batch(raw, plain_cfg, None, torch.device("cpu"))
-        aug = finish_batch(raw, cfg, torch.Generator().manual_seed(i), torch.device("cpu"))
+    for i, (raw, imgs) in enumerate(raws):
+        plain = finish_batch(raw, imgs, plain_cfg, None, torch.device("cpu"))
+        aug = finish_batch(raw, imgs, cfg, torch.Generator().manual_seed(i), torch.device("cpu"))
         for b in range(aug.batch_size):
             assert aug.points[b].shape == plain.points[b].shape and aug.points[b].shape[1] == 4
             scale = float(torch.linalg.norm(aug.bev_aug[b, :3, 0].double()))

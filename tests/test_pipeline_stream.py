@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import LoaderConfig, build_loader
-from pipeline.stream import LoaderError
-from pipeline.urls import ShardURLError, expand_shard_urls
+from pipeline.faults import LoaderError
+from pipeline.urls import ShardURLError, expand_shard_urls, read_bytes
 from pipeline.windows import clip_windows, find_clips, shard_windows, shuffled_windows
 
 SMALL = dict(image_size=(32, 80))
@@ -134,7 +134,7 @@ def test_each_frame_crosses_to_the_main_process_once(synth_shards):
     small (frames are released after their clip's last window; the Loader drops the rest at epoch end)."""
     import torch
 
-    from pipeline.stream import FrameCache
+    from pipeline.transport import FrameCache
 
     cfg = LoaderConfig(shards=str(synth_shards["mini_train"]), batch_size=2, offsets=(-2, -1, 0), num_workers=2,
                        augment=False, shuffle_buffer=4, epoch_samples=96, **SMALL)  # two passes
@@ -142,9 +142,9 @@ def test_each_frame_crosses_to_the_main_process_once(synth_shards):
     cache = FrameCache(torch.device("cpu"))
     sent, windows, peak, buffers = Counter(), 0, 0, 0
     for raw in loader.host_batches():
-        sent.update((raw["worker"], f) for f in raw["new_frame_ids"])
-        buffers += len(raw.get("slot_buffers", {}))
-        windows += raw["frame_ids"].shape[0]
+        sent.update((raw.worker, f) for f in raw.frames.new_ids)
+        buffers += len(raw.frames.slot_buffers or {})
+        windows += raw.batch_size
         imgs = cache.assemble(raw)
         assert imgs.shape[:3] == (2, 3, 6)
         peak = max(peak, len(cache))
@@ -153,3 +153,16 @@ def test_each_frame_crosses_to_the_main_process_once(synth_shards):
     assert len(cache) <= 2 * 2 * 3  # at most the last batch of each worker
     assert buffers < sum(sent.values())  # shared-memory slots are reused
     assert peak < sum(sent.values()) // 2  # frames are released during the pass, not held to its end
+
+
+def test_pipe_urls_are_read_when_allowed(synth_shards):
+    """``pipe:CMD`` with allow_pipe: the tar is CMD's stdout, the sidecar the same command with .arrow."""
+    d = synth_shards["mini_val"]
+    tars = sorted(p.name for p in d.glob("*.tar"))
+    base = dict(mode="eval", batch_size=2, offsets=(-1, 0), num_workers=0, **SMALL)
+    local = list(build_loader(LoaderConfig(shards=[str(d / t) for t in tars], **base)))
+    piped = list(build_loader(LoaderConfig(shards=[f"pipe:cat {d / t}" for t in tars], allow_pipe=True, **base)))
+    assert [b.sample_token for b in piped] == [b.sample_token for b in local]
+    assert all(np.array_equal(a.imgs.numpy(), b.imgs.numpy()) for a, b in zip(piped, local))
+    with pytest.raises(OSError, match="pipe:exit 3 x.arrow: command exited with status 3"):
+        read_bytes("pipe:exit 3 x.arrow")
