@@ -37,6 +37,9 @@ from urllib.parse import urlparse
 
 import braceexpand
 
+from shards.errors import ShardFormatError
+from shards.manifest import check_member_name as _check_member_name
+
 from .faults import LoaderError
 
 log = logging.getLogger(__name__)
@@ -93,24 +96,16 @@ def is_remote(url: str) -> bool:
     return scheme_of(url) in REMOTE_SCHEMES
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]*")
-
 
 def check_member_name(name: object, manifest_url: str) -> str:
-    """Return ``name`` if it is a plain file name in the manifest's directory, else raise.
-
-    A plain name is one path component of letters, digits and ``_ . + = -`` that does not start
-    with a dot: no ``/`` or ``\\``, no ``..``, no absolute path, no URL or ``pipe:`` (``:``), no
-    ``%``, ``?`` or ``#`` (which a URL would decode or cut). Same rule as the shards side's
-    manifest reader.
-
-    Raises:
-        ShardURLError: naming the manifest and the entry.
+    """Return ``name`` if it is a plain file name in the manifest's directory, else raise
+    :class:`ShardURLError` naming the manifest and the entry (the rule is
+    :func:`shards.manifest.check_member_name`, shared with the shards tools).
     """
-    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
-        raise ShardURLError(f"manifest {manifest_url}: shard file {name!r} is not a plain file name in the "
-                            "manifest's directory (no paths, '..', absolute paths or URLs)")
-    return name
+    try:
+        return _check_member_name(name, manifest_url)
+    except ShardFormatError as e:
+        raise ShardURLError(str(e)) from None
 
 
 def join_url(base: str, name: str) -> str:

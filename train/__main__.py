@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from pipeline.faults import LoaderError
 from shards.typed_config import ConfigError
 
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileExistsError, FileNotFoundError) as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except LoaderError as e:  # unreachable or malformed shards: the message names the URL
+        print(f"data error: {e}", file=sys.stderr)
         return 2
     if summary["rank"] == 0:
         print(json.dumps({"done": True, **summary}), flush=True)
