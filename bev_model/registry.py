@@ -78,9 +78,9 @@ class Family:
 
 def _families() -> tuple[Family, ...]:
     """Every family, in the order presets are listed (imported here, not at module import, to avoid cycles)."""
-    from .presets import FAMILY as bevformer_v2
-    from .lidar.presets import FAMILY as lidar
     from .distill.presets import FAMILY as distill
+    from .lidar.presets import FAMILY as lidar
+    from .presets import FAMILY as bevformer_v2
 
     return (bevformer_v2, lidar, distill)
 

@@ -105,6 +105,8 @@ class BEVDistill(BEVFormerV2):
         """The student's losses plus ``distill.dense``, ``distill.instance``, ``distill.box``, ``distill.heatmap``."""
         losses, out = self.train_outputs(batch)
         d = self.distill_cfg.distill
+        if not (d.dense or d.instance or d.box or d.heatmap):
+            return losses  # every term off: the student alone (the ablation's baseline), no teacher run
         bev = out["bev"]
         dev = bev.device
         with torch.no_grad():

@@ -51,8 +51,9 @@ def box_gaussians(boxes: torch.Tensor, grid: BEVGrid, min_overlap: float, min_ra
     centre = torch.cat([b[:, :2], torch.full_like(b[:, :1], (grid.pc_range[2] + grid.pc_range[5]) / 2)], 1)
     cells, inside = grid.cell_of(centre)
     iy, ix = cells[:, 1], cells[:, 2]
-    radius = torch.tensor([max(min_radius, int(gaussian_radius(float(w) / dy, float(l) / dx, min_overlap)))
-                           if l > 0 and w > 0 else -1 for l, w in b[:, 3:5].tolist()], device=boxes.device)
+    radius = torch.tensor([max(min_radius, int(gaussian_radius(wid / dy, length / dx, min_overlap)))
+                           if length > 0 and wid > 0 else -1 for length, wid in b[:, 3:5].tolist()],
+                          device=boxes.device)
     ys = torch.arange(H, device=boxes.device)[None, :, None]
     xs = torch.arange(W, device=boxes.device)[None, None, :]
     ddy, ddx = ys - iy[:, None, None], xs - ix[:, None, None]

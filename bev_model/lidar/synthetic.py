@@ -15,11 +15,11 @@ def box_points(boxes: np.ndarray | torch.Tensor, rng: np.random.Generator, per_b
     """``boxes [G, >=7]`` (x, y, z, l, w, h, yaw) -> points on each box's sides and top, and on the ground (z = 0)."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, boxes.shape[-1] if len(boxes) else 9)
     out = []
-    for x, y, z, l, w, h, yaw in b[:, :7]:
-        u = rng.uniform(-0.5, 0.5, (per_box, 3)) * (l, w, h)
+    for x, y, z, length, w, h, yaw in b[:, :7]:
+        u = rng.uniform(-0.5, 0.5, (per_box, 3)) * (length, w, h)
         face = rng.integers(0, 3, per_box)  # 0: +-x side, 1: +-y side, 2: top
         sign = rng.choice([-0.5, 0.5], per_box)
-        u[face == 0, 0] = sign[face == 0] * l
+        u[face == 0, 0] = sign[face == 0] * length
         u[face == 1, 1] = sign[face == 1] * w
         u[face == 2, 2] = 0.5 * h
         c, s = np.cos(yaw), np.sin(yaw)
