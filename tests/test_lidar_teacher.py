@@ -1,5 +1,5 @@
 """The LiDAR teacher trains: it overfits one synthetic batch (loss < 10 % of its start, every GT found within
-0.5 m). Slow on a loaded 2-core machine (about 200 steps): ``pytest -m slow tests/test_lidar_teacher.py``."""
+0.5 m). Slow on a loaded 2-core machine (400 steps): ``pytest -m slow tests/test_lidar_teacher.py``."""
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ def test_the_teacher_overfits_a_synthetic_batch_and_finds_every_gt_within_half_a
     batch = _batch()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     first = None
-    for _ in range(250):
+    for _ in range(400):
         loss = model.forward_train(batch)["loss"]
         first = loss.item() if first is None else first
         opt.zero_grad()
