@@ -186,10 +186,20 @@ class BEVFormerV2(nn.Module):
                 proposals = self._proposals(preds, loc, batch, cur, B)
         out = self.head(bev, proposals)
         out["proposals"] = proposals
+        out["bev"] = bev
         return out, preds, loc, cur, bev_cur
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         """Training losses: ``{"loss": total, "bev.<term>": ..., "pers.<term>": ...}`` (scalars)."""
+        return self.train_outputs(batch)[0]
+
+    def train_outputs(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """:meth:`forward_train`'s losses and the intermediate tensors they came from (for distillation).
+
+        Returns ``(losses, out)``: ``out["bev"] [B, C, H, W]`` the fused BEV the head reads, ``out["cls"]
+        [Ly, B, G*Q', num_classes]``, ``out["codes"] [Ly, B, G*Q', 10]`` every decoder layer's outputs (centres
+        in metres), ``out["attr"]``, ``out["groups"]``, ``out["proposals"]`` (see :class:`BEVHead`).
+        """
         out, preds, loc, cur, _ = self._run(batch, None)
         dev = out["cls"].device
         gt_boxes, gt_labels, gt_attrs = [], [], []
@@ -212,7 +222,7 @@ class BEVFormerV2(nn.Module):
             losses.update({f"pers.{k}": v for k, v in pers_terms.items()})
             total = total + self.cfg.lambda_pers * sum(pers_terms.values())
         losses["loss"] = total
-        return losses
+        return losses, out
 
     @torch.no_grad()
     def predict(self, batch, history: BEVHistory | None = None) -> list[dict[str, torch.Tensor]]:
