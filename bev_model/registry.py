@@ -78,9 +78,10 @@ class Family:
 
 def _families() -> tuple[Family, ...]:
     """Every family, in the order presets are listed (imported here, not at module import, to avoid cycles)."""
+    from .bevnext import FAMILY as bevnext
     from .presets import FAMILY as bevformer_v2
 
-    return (bevformer_v2,)
+    return (bevformer_v2, bevnext)
 
 
 def _check_unique(families: tuple[Family, ...]) -> None:
