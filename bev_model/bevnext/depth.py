@@ -158,17 +158,18 @@ class MeanFieldCRF(nn.Module):
         self.w = nn.Parameter(torch.full((1,), float(w_init)))  # 1-d: DeepSpeed cannot broadcast 0-d parameters
 
     def forward(self, logits: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        """``logits [I, D, h, w]``, ``colour [I, 3, h, w]`` -> depth probabilities ``[I, D, h, w]`` (float32)."""
+        """``logits [I, D, h, w]``, ``colour [I, 3, h, w]`` -> depth probabilities ``[I, D, h, w]`` (float32 or float64)."""
         n, D, h, w = logits.shape
-        logits = logits.float()
-        kernel = colour_kernel(colour.float(), self.zeta)[:, None]  # [I, 1, 9, hw]
-        bins = torch.arange(D, device=logits.device, dtype=torch.float32)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        kernel = colour_kernel(colour.to(logits.dtype), self.zeta)[:, None]  # [I, 1, 9, hw]
+        bins = torch.arange(D, device=logits.device, dtype=logits.dtype)
         mu = (bins[:, None] - bins[None]).abs()  # [D, D]
         flat = logits.view(n, D, h * w)
         q = flat.softmax(1)
         for _ in range(self.iters):
             nb = F.unfold(q.view(n, D, h, w), 3, padding=1).view(n, D, 9, h * w)
-            msg = (nb * kernel).sum(2) * self.w  # [I, D, hw]
+            msg = (nb * kernel).sum(2) * self.w.to(q.dtype)  # [I, D, hw]
             q = (flat - torch.einsum("de,iep->idp", mu, msg)).softmax(1)
         return q.view(n, D, h, w)
 
