@@ -18,7 +18,7 @@ from bev_model.synthetic import make_batch
 from shards.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-HW = (64, 160)
+HW = (48, 128)
 CAMS = 2  # fewer cameras: test speed (the model takes any N)
 
 

@@ -129,7 +129,7 @@ class BEVNeXt(nn.Module):
     # ------------------------------------------------------------------ per frame
 
     def frustum_points(self, image_hw: tuple[int, int], device) -> torch.Tensor:
-        key = (tuple(image_hw), str(device))
+        key = (tuple(image_hw), str(device), torch.is_inference_mode_enabled())  # no inference tensors in training
         if key not in self._frustum:
             self._frustum[key] = frustum(image_hw, self.cfg.depth, device)
         return self._frustum[key]
