@@ -78,11 +78,12 @@ class Family:
 
 def _families() -> tuple[Family, ...]:
     """Every family, in the order presets are listed (imported here, not at module import, to avoid cycles)."""
+    from .bevnext import FAMILY as bevnext
     from .distill.presets import FAMILY as distill
     from .lidar.presets import FAMILY as lidar
     from .presets import FAMILY as bevformer_v2
 
-    return (bevformer_v2, lidar, distill)
+    return (bevformer_v2, bevnext, lidar, distill)
 
 
 def _check_unique(families: tuple[Family, ...]) -> None:

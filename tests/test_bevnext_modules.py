@@ -1,0 +1,84 @@
+"""BEVNeXt building blocks: the mean-field CRF, its colour kernel, Res2Fusion, the CenterPoint targets and NMS."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bev_model.bev_grid import BEVGrid
+from bev_model.bevnext.bev import Res2Fusion
+from bev_model.bevnext.config import TemporalConfig
+from bev_model.bevnext.depth import MeanFieldCRF, colour_kernel, patch_colours
+from bev_model.bevnext.head import center_targets, circle_nms, gaussian_focal_loss
+
+
+def test_crf_with_zero_weight_returns_softmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 5, 6, generator=g)
+    colour = torch.rand(2, 3, 5, 6, generator=g)
+    crf = MeanFieldCRF(iters=20, w_init=0.0, zeta=0.1)
+    torch.testing.assert_close(crf(logits, colour), logits.softmax(1))
+
+
+def test_crf_changes_the_distribution_and_is_differentiable_through_all_iterations():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    colour = torch.rand(1, 3, 3, 3, generator=g, dtype=torch.float64)
+    crf = MeanFieldCRF(iters=20, w_init=0.3, zeta=0.5).double()
+    q = crf(logits, colour)
+    assert (q - logits.softmax(1)).abs().max() > 1e-3
+    torch.testing.assert_close(q.sum(1), torch.ones(1, 3, 3, dtype=torch.float64))
+    # the analytic gradient (through all 20 iterations) equals the numerical one, w.r.t. logits and w
+    w = crf.w.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w_: torch.func.functional_call(crf, {"w": w_}, (x, colour)), (logits, w))
+
+
+def test_faithful_colour_kernel_is_inactive_and_active_variant_is_not():
+    g = torch.Generator().manual_seed(2)
+    imgs = torch.rand(1, 3, 32, 48, generator=g)
+    faithful = colour_kernel(patch_colours(imgs, 8, 255.0), 1e-3)  # official: 0-255 colours, zeta 1e-3
+    active = colour_kernel(patch_colours(imgs, 8, 1.0), 0.1)
+    centre = 4
+    off = [i for i in range(9) if i != centre]
+    assert torch.allclose(faithful[:, centre], torch.ones_like(faithful[:, centre]))
+    assert float(faithful[:, off].max()) < 1e-6
+    assert float(active[:, off].mean()) > 0.05
+
+
+@pytest.mark.parametrize("frames,group", [(6, 2), (9, 3)])
+def test_res2fusion_shapes_and_oldest_group_passes_most_convolutions(frames, group):
+    torch.manual_seed(0)
+    C = 16
+    fusion = Res2Fusion(C, frames, TemporalConfig(offsets=tuple(range(-frames + 1, 1)), group_frames=group)).eval()
+    x = torch.rand(1, frames * C, 15, 15) + 0.5
+    base = fusion(x)
+    assert base.shape == (1, C, 15, 15)
+    G = frames // group
+    radii = []
+    for gi in range(G):
+        y = x.clone()
+        y[0, gi * group * C: (gi + 1) * group * C, 7, 7] += 10.0  # one pixel of every frame in group gi
+        changed = torch.nonzero((fusion(y) - base).abs().sum((0, 1)) > 1e-6)
+        radii.append(int((changed - 7).abs().max()))
+    # group g (oldest first) goes through G - 1 - g 3x3 convs (the newest through none): receptive radius
+    assert radii == [G - 1 - g for g in range(G)]
+
+
+def test_center_targets_peak_at_the_box_cell_and_code_the_offset():
+    grid = BEVGrid((-10.0, -10.0, -5.0, 10.0, 10.0, 3.0), 20, 20, 1)
+    boxes = torch.tensor([[3.3, -4.6, 0.8, 4.0, 2.0, 1.5, 0.5, 1.0, -2.0], [30.0, 0.0, 0.0, 1, 1, 1, 0, 0, 0]])
+    t = center_targets([boxes], [torch.tensor([0, 5])], [torch.tensor([1, -1])], grid, 10, 0.1, 1)
+    iy, ix = int((-4.6 + 10) // 1), int((3.3 + 10) // 1)
+    assert t["heatmap"][0, 0, iy, ix] == 1.0 and int((t["heatmap"] == 1).sum()) == 1  # the 2nd box is outside
+    assert t["mask"][0].tolist() == [True, False] and int(t["ind"][0, 0]) == iy * 20 + ix
+    torch.testing.assert_close(t["code"][0, 0, :3], torch.tensor([0.3, 0.4, 0.8]), atol=1e-5, rtol=0)
+    low = gaussian_focal_loss(torch.logit(t["heatmap"].clamp(1e-4, 1 - 1e-4)), t["heatmap"])
+    high = gaussian_focal_loss(torch.zeros_like(t["heatmap"]), t["heatmap"])
+    assert float(low) < 0.01 < float(high)
+
+
+def test_circle_nms_suppresses_same_class_neighbours_only():
+    xy = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.6, 0.0], [10.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 0])
+    radius = torch.tensor([2.0, 0.1])
+    assert circle_nms(xy, labels, radius).tolist() == [0, 2, 3]
