@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bev_model.bev_grid import BEVGrid
-from bev_model.bevnext._pool_fallback import bev_pool_v2, bev_pool_v2_prepare
 from bev_model.bevnext.config import DepthConfig
 from bev_model.bevnext.depth import depth_targets
 from bev_model.bevnext.lift import frustum, lift
+from bev_model.ops import bev_pool_v2, bev_pool_v2_prepare
 from bev_model.synthetic import make_batch
 from shards.conventions import project_points
 
@@ -124,7 +124,7 @@ def test_depth_targets_without_points_in_view_are_empty():
     assert bool((depth_targets([far], batch.ego2img[:, 0], (H, W), CFG) == -1).all())
 
 
-def test_pool_fallback_matches_a_dense_sum_and_drops_out_of_range_points():
+def test_lift_pooling_matches_a_dense_sum_and_drops_out_of_range_points():
     g = torch.Generator().manual_seed(0)
     B, N, D, h, w, C = 2, 2, 3, 4, 5, 3
     grid = BEVGrid((-4.0, -4.0, -1.0, 4.0, 4.0, 1.0), 4, 4, 2)

@@ -2,8 +2,8 @@
 
 Presets ``bevnext_tiny`` (CPU-sized, single frame) and ``bevnext_r50`` (official shapes, 9 frames);
 ``FAMILY`` is listed in ``bev_model.registry._families``. Modules: ``config`` (typed config, presets),
-``depth`` (depth net, CRF, LiDAR targets), ``lift`` (frustum -> BEV), ``_pool_fallback`` (temporary BEV
-pooling until ``bev_model.ops.bev_pool_v2`` lands), ``bev`` (Res2Fusion, Res2Net BEV backbone, LSS-FPN),
+``depth`` (depth net, CRF, LiDAR targets), ``lift`` (frustum -> BEV through the fused
+``bev_model.ops.bev_pool_v2``), ``bev`` (Res2Fusion, Res2Net BEV backbone, LSS-FPN),
 ``head`` (CenterPoint heads, refinement, decoding), ``model`` (``BEVNeXt``, ``FrustumHistory``).
 """
 

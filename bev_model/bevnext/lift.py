@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..bev_grid import BEVGrid
+from ..ops import bev_pool_v2, bev_pool_v2_prepare
 from ..precision import float32_geometry
-from ._pool_fallback import bev_pool_v2, bev_pool_v2_prepare
 from .config import DepthConfig
 
 
