@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,7 @@ def stream_predictions(
     gt: GroundTruth,
     *,
     max_samples: int | None = None,
+    keep: Collection[str] | None = None,
     picture_tokens: Sequence[str] = (),
     progress: bool = True,
 ) -> StreamResult:
@@ -203,12 +204,16 @@ def stream_predictions(
     A data error raised by the loader (after the pipeline's own retries) ends the stream; it is
     returned in ``error`` with everything scored before it, never swallowed silently.
     ``predictor=None`` only collects views (for ``--predictions`` runs).
+    ``keep``: only these samples (one rank's scenes): batches of other samples are skipped unseen by the
+    predictor (its history sees a kept scene's frames in order) and the stream stops once all are done.
     """
     from tqdm import tqdm
 
     out = StreamResult()
     wanted = set(picture_tokens)
+    keep = set(keep) if keep is not None else None
     total = min(len(gt.order), max_samples) if max_samples else len(gt.order)
+    total = len(keep) if keep is not None else total
     bar = tqdm(total=total, desc="eval", unit="sample", disable=not progress)
     start = time.perf_counter()
     it = iter(loader)
@@ -223,11 +228,16 @@ def stream_predictions(
                 out.error = e
                 log.error("the shard stream failed after %d samples: %s: %s", len(out.results), type(e).__name__, e)
                 break
+            if keep is not None and keep.isdisjoint(batch.sample_token):
+                out.seconds_load += time.perf_counter() - t0
+                continue
             t1 = time.perf_counter()
             preds = predictor(batch) if predictor is not None else None
             out.seconds_load += t1 - t0
             out.seconds_infer += time.perf_counter() - t1
             for b, token in enumerate(batch.sample_token):
+                if keep is not None and token not in keep:
+                    continue
                 if token in out.results:
                     out.duplicates += 1
                     continue
@@ -249,6 +259,8 @@ def stream_predictions(
                 if max_samples is not None and len(out.results) >= max_samples:
                     break
             if predictor is None and wanted and wanted <= set(out.results):
+                break
+            if keep is not None and len(out.results) >= len(keep):
                 break
     finally:
         bar.close()
