@@ -388,6 +388,8 @@ def _stream_ranks(opts: EvalOptions, ranks: EvalRanks, shards: str, gt: GroundTr
     local: tuple[str, Any]
     try:
         predictor, data_section, needs_points = make_predictor(device)
+        if ranks.rank > 0 and isinstance(predictor, ModelPredictor):
+            predictor.warm_up = True  # its first frame is not the run's first (see ModelPredictor)
         if needs_points:
             check_points_available(specs, opts.io(), "the model needs LiDAR points in eval (needs_points_in_eval)")
         if not ranks.distributed:

@@ -85,20 +85,28 @@ class ModelPredictor:
     """``model.predict`` over consecutive eval batches, with one BEVHistory reused across calls.
 
     ``stage="first"``: ``model.predict_first_stage`` instead (the two-stage model's proposals; no history).
+    ``warm_up``: run the first batch once more, unscored, before scoring it. A process's very first forward
+    differs from later ones in the last float bits (oneDNN prepares its convolutions on the first call), so
+    a rank whose first frame is not the run's first frame (``torchrun -m eval``, ranks > 0) warms up to
+    compute exactly what one process computes.
     """
 
-    def __init__(self, model: Any, device: str = "cpu", stage: str = "final"):
+    def __init__(self, model: Any, device: str = "cpu", stage: str = "final", warm_up: bool = False):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.model = model
         self.device = device
         self.stage = stage
         self.history = new_history(model)
+        self.warm_up = warm_up
 
     def __call__(self, batch: Any) -> list[dict]:
         import torch
 
         with torch.inference_mode():
+            if self.warm_up:
+                self.warm_up = False
+                self.model.predict(batch.to(self.device), history=new_history(self.model))
             if self.stage == "first":
                 return self.model.predict_first_stage(batch.to(self.device))
             return self.model.predict(batch.to(self.device), history=self.history)
@@ -130,6 +138,8 @@ def eval_loader_config(
         offsets=(0,),
         augment=False,
         shuffle_shards=False,
+        rank=0,  # the loader never splits eval shards: eval.api splits whole scenes across ranks itself
+        world_size=1,
         device=device,
         num_workers=num_workers,
         load_points=False,
