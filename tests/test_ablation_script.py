@@ -1,4 +1,5 @@
-"""benchmarks/ablation_perspective.py: its plan (variants -> real training configs) and its statistics."""
+"""benchmarks/ablation_perspective.py: its plan (variants -> real training configs) and its statistics; the
+``train.workflow`` stages it shares with scripts/demo.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from train import workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,11 +98,11 @@ def test_demo_knows_the_budget_of_an_existing_run(abl, tmp_path):
     import yaml
 
     run_dir = tmp_path / "run"
-    assert abl.DEMO.run_budget(run_dir) is None
+    assert workflow.run_budget(run_dir) is None
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["schedule"]["total_steps"] = 500
     ckpt = run_dir / "checkpoints" / "step_00000400"
     ckpt.mkdir(parents=True)
     (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert abl.DEMO.run_budget(run_dir) == 500
-    assert abl.DEMO.config_steps(ROOT / "configs" / "demo.yaml") > 0  # no shards needed (fresh machine)
+    assert workflow.run_budget(run_dir) == 500
+    assert workflow.config_steps(ROOT / "configs" / "demo.yaml") > 0  # no shards needed (fresh machine)
