@@ -6,14 +6,13 @@
 The ``tiny`` preset is trained with the same config (``--config``, default ``configs/demo.yaml``),
 budget (``--steps``) and data in each variant, for each seed of ``--seeds``:
 
-* ``bev_only``         ``model.lambda_pers=0`` -> no perspective head, hence no hybrid queries
-                       (``ModelConfig.use_hybrid`` needs the perspective head; ``head.hybrid=false``
-                       is also set so the resolved config says what runs);
-* ``pers_bev``         perspective + BEV, two-stage: hybrid queries from perspective proposals (the default);
-* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=false`` (learned queries only);
+* ``bev_only``         ``model.lambda_pers=0`` -> no perspective head, hence no hybrid queries (the resolved
+                       config says ``head.hybrid: none``);
+* ``pers_bev``         perspective + BEV, two-stage: hybrid queries from perspective proposals (the preset's
+                       ``head.hybrid``; ``anchor`` for ``tiny``);
+* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=none`` (learned queries only);
 * ``pers_bev_refonly`` perspective + BEV, two-stage with the paper's hybrid queries, which take only their
-                       proposal's centre (``model.head.hybrid_box_init=false``; the ``tiny`` preset also
-                       anchors them on the proposal's box and scores).
+                       proposal's centre (``model.head.hybrid=centre``).
 
 Each run trains with ``torch.distributed.run ... -m train`` (DeepSpeed, ``--nproc`` CPU ranks) into
 ``OUT/ablation/{variant}_seed{s}/`` and is scored on the val shards with ``python -m eval`` (its
@@ -44,10 +43,10 @@ from train import workflow
 from train.workflow import ROOT, shard_size_mb
 
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "bev_only": ("model.lambda_pers=0.0", "model.head.hybrid=false"),
+    "bev_only": ("model.lambda_pers=0.0",),
     "pers_bev": (),
-    "pers_bev_1stage": ("model.head.hybrid=false",),
-    "pers_bev_refonly": ("model.head.hybrid_box_init=false",),
+    "pers_bev_1stage": ("model.head.hybrid=none",),
+    "pers_bev_refonly": ("model.head.hybrid=centre",),
 }
 """Variant name -> training-config overrides (on top of ``--config``) that make it."""
 

@@ -49,10 +49,11 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None, device:
 
     weights, cfg_path = checkpoint_files(checkpoint, config)
     run_cfg = read_run_config(cfg_path)
-    head = run_cfg.get("model", {}).get("head") if isinstance(run_cfg.get("model"), Mapping) else None
-    if isinstance(head, dict) and "hybrid" in head and "hybrid_box_init" not in head:
-        # a model section resolved in full before the key existed: trained with centre-only hybrid queries
-        head["hybrid_box_init"] = False
+    if isinstance(run_cfg.get("model"), Mapping):
+        # a model section written before head.hybrid became one mode (hybrid + hybrid_box_init): today's keys
+        from bev_model.config import upgrade_model_section
+
+        run_cfg["model"] = upgrade_model_section(dict(run_cfg["model"]))
     torch.manual_seed(seed)
     model = build_model(model_config_from_dict(run_cfg["model"], prefix="model"))
     if random_init:

@@ -42,9 +42,9 @@ def test_variants_resolve_to_the_intended_models(abl, tmp_path):
         cfg = load_train_config(ROOT / args.config, overrides)
         assert cfg.seed == 3 and cfg.schedule.total_steps == 5 and cfg.out_dir == p.dir
         mcfg = cfg.model_config()
-        flags[p.variant] = (mcfg.lambda_pers > 0, mcfg.use_perspective, mcfg.use_hybrid, mcfg.head.hybrid_box_init)
-    assert flags == {"bev_only": (False, False, False, True), "pers_bev": (True, True, True, True),
-                     "pers_bev_1stage": (True, True, False, True), "pers_bev_refonly": (True, True, True, False)}
+        flags[p.variant] = (mcfg.use_perspective, mcfg.use_hybrid, mcfg.head.hybrid)
+    assert flags == {"bev_only": (False, False, "none"), "pers_bev": (True, True, "anchor"),
+                     "pers_bev_1stage": (True, False, "none"), "pers_bev_refonly": (True, True, "centre")}
 
 
 def test_plan_is_seed_major_and_extra_overrides_reach_every_run(abl, tmp_path):

@@ -174,3 +174,19 @@ def test_print_config_is_the_resolved_config_and_reads_back(shard_dir: Path) -> 
     again = build_train_config(printed)
     assert train_config_to_dict(again) == printed
     assert type(again.model).__name__ == "ModelConfig" and type(again.data).__name__ == "LoaderConfig"
+
+
+def test_hybrid_queries_are_one_switch(shard_dir: Path) -> None:
+    """``model.head.hybrid`` (none / centre / anchor) says what runs; contradictions are refused by name."""
+    cfg = _load("tiny", shard_dir)
+    assert (cfg.model.head.hybrid, cfg.model.use_hybrid) == ("anchor", True)
+    assert _load("tiny", shard_dir, "model.head.hybrid=centre").model.head.hybrid_box_init is False
+    assert _load("tiny", shard_dir, "model.head.hybrid=false").model.use_hybrid is False  # YAML false/off
+    no_pers = _load("tiny", shard_dir, "model.lambda_pers=0.0").model
+    assert no_pers.head.hybrid == "none" and not no_pers.use_hybrid  # no proposals without the perspective head
+    with pytest.raises(ConfigError, match=r"head\.hybrid.*ambiguous"):
+        _load("tiny", shard_dir, "model.head.hybrid=true")
+    with pytest.raises(ConfigError, match=r"head\.num_hybrid.*head\.hybrid"):
+        _load("tiny", shard_dir, "model.head.num_hybrid=0")
+    with pytest.raises(ConfigError, match=r"hybrid_box_init"):
+        _load("tiny", shard_dir, "model.head.hybrid_box_init=true")  # the old second switch is gone
