@@ -127,8 +127,11 @@ def test_torchrun_eval_splits_scenes_and_scores_like_one_process(synth_shards, t
     assert len({gt.samples[t].scene_token for t in gt.order}) == 2
 
 
+@pytest.mark.slow
 def test_two_rank_training_evaluates_every_val_sample(synth_shards, tmp_path):
-    """The eval child of rank 0 reads all val shards (not rank 0's share) and both ranks finish."""
+    """The eval child of rank 0 reads all val shards (not rank 0's share) and both ranks finish.
+
+    Slow (a DeepSpeed start on two ranks plus an eval child): ``pytest -m slow tests/test_eval_ranks.py``."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
            "--config", "configs/tiny.yaml", f"data.shards={synth_shards['mini_train']}", f"out_dir={out}",
