@@ -6,21 +6,20 @@
 The ``tiny`` preset is trained with the same config (``--config``, default ``configs/demo.yaml``),
 budget (``--steps``) and data in each variant, for each seed of ``--seeds``:
 
-* ``bev_only``         ``model.lambda_pers=0`` -> no perspective head, hence no hybrid queries
-                       (``ModelConfig.use_hybrid`` needs the perspective head; ``head.hybrid=false``
-                       is also set so the resolved config says what runs);
-* ``pers_bev``         perspective + BEV, two-stage: hybrid queries from perspective proposals (the default);
-* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=false`` (learned queries only);
+* ``bev_only``         ``model.lambda_pers=0`` -> no perspective head, hence no hybrid queries (the resolved
+                       config says ``head.hybrid: none``);
+* ``pers_bev``         perspective + BEV, two-stage: hybrid queries from perspective proposals (the preset's
+                       ``head.hybrid``; ``anchor`` for ``tiny``);
+* ``pers_bev_1stage``  perspective + BEV, one-stage: ``model.head.hybrid=none`` (learned queries only);
 * ``pers_bev_refonly`` perspective + BEV, two-stage with the paper's hybrid queries, which take only their
-                       proposal's centre (``model.head.hybrid_box_init=false``; the ``tiny`` preset also
-                       anchors them on the proposal's box and scores).
+                       proposal's centre (``model.head.hybrid=centre``).
 
 Each run trains with ``torch.distributed.run ... -m train`` (DeepSpeed, ``--nproc`` CPU ranks) into
 ``OUT/ablation/{variant}_seed{s}/`` and is scored on the val shards with ``python -m eval`` (its
 ``eval/metrics_summary.json``). A run whose ``metrics_summary.json`` exists is reused; an interrupted
-training resumes from its newest complete checkpoint. The world and the shards are made with the same
-commands as ``scripts/demo.py`` when ``OUT/world`` / ``OUT/shards/{mini_train,mini_val}`` are missing
-(so a ``make demo`` output directory is reused as is).
+training resumes from its newest complete checkpoint. The world, the shards, the training launch and the
+evaluation are the stages of ``train.workflow`` that ``scripts/demo.py`` also runs (``OUT/world`` /
+``OUT/shards/{mini_train,mini_val}`` are made when missing, so a ``make demo`` output directory is reused as is).
 
 Printed: NDS, mAP, mATE, mAOE of every run; mean +- std (over seeds) per variant; the paired
 differences (same seed) ``pers_bev - bev_only`` (the paper reports +2.5 to +3.2 NDS) and
@@ -31,7 +30,6 @@ differences (same seed) ``pers_bev - bev_only`` (the paper reports +2.5 to +3.2 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import statistics
@@ -39,16 +37,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from train import workflow
+from train.workflow import ROOT, shard_size_mb
 
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "bev_only": ("model.lambda_pers=0.0", "model.head.hybrid=false"),
+    "bev_only": ("model.lambda_pers=0.0",),
     "pers_bev": (),
-    "pers_bev_1stage": ("model.head.hybrid=false",),
-    "pers_bev_refonly": ("model.head.hybrid_box_init=false",),
+    "pers_bev_1stage": ("model.head.hybrid=none",),
+    "pers_bev_refonly": ("model.head.hybrid=centre",),
 }
 """Variant name -> training-config overrides (on top of ``--config``) that make it."""
 
@@ -66,20 +64,6 @@ PAIRS: tuple[tuple[str, str], ...] = (("pers_bev", "bev_only"), ("pers_bev", "pe
 METRICS: tuple[tuple[str, str], ...] = (("NDS", "nd_score"), ("mAP", "mean_ap"), ("mATE", "trans_err"),
                                          ("mAOE", "orient_err"))
 """Column name -> key in ``metrics_summary.json`` (top level, or under ``tp_errors``)."""
-
-
-def load_demo() -> ModuleType:
-    """``scripts/demo.py`` as a module (its ``run``, ``header`` and ``PY`` are reused here)."""
-    spec = importlib.util.spec_from_file_location("bevstream_demo", ROOT / "scripts" / "demo.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {ROOT / 'scripts' / 'demo.py'}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-DEMO = load_demo()
-"""``scripts/demo.py``: its world / shard / training stages are the ones every run here uses."""
 
 
 @dataclass
@@ -134,27 +118,24 @@ def build_plan(args: argparse.Namespace, out: Path) -> list[RunPlan]:
 
 def train_command(args: argparse.Namespace, plan: RunPlan, train_shards: Path) -> list:
     """The demo's training launch for ``plan``: its seed and the variant's overrides on top."""
-    return DEMO.train_command(args.config, plan.dir, train_shards, args.steps, args.nproc, f"seed={plan.seed}",
-                              *plan.overrides)
+    return workflow.train_command(args.config, plan.dir, train_shards, args.steps, args.nproc, f"seed={plan.seed}",
+                                  *plan.overrides)
 
 
-def eval_command(py: str, plan: RunPlan, checkpoint: Path, val_shards: Path) -> list[str]:
-    return [py, "-m", "eval", "--shards", str(val_shards), "--checkpoint", str(checkpoint),
-            "--out", str(plan.dir / "eval"), "--pictures", "0", "--curves", "none"]
+def eval_args(plan: RunPlan, checkpoint: Path, val_shards: Path) -> list[str]:
+    """``python -m eval`` arguments (besides ``--out``) scoring ``plan``'s final checkpoint."""
+    return ["--shards", str(val_shards), "--checkpoint", str(checkpoint), "--pictures", "0", "--curves", "none"]
 
 
-DEMO_SHARD_MB = DEMO.SHARD_MB
-
-
-shard_size_mb = DEMO.shard_size_mb
+DEMO_SHARD_MB = workflow.SHARD_MB
 
 
 def prepare_data(args: argparse.Namespace, out: Path) -> dict[str, Path]:
     """``OUT/world`` and ``OUT/shards/{split}`` made (or reused) by the demo's own stages, with the shard
     size lowered for small worlds (``shard_size_mb``)."""
     world = out / "world"
-    DEMO.make_world(world, args.frames_per_scene, args.image_size, args.world_seed)
-    shards = DEMO.make_shards(world, out / "shards", shard_size_mb(world, args.nproc))
+    workflow.make_world(world, args.frames_per_scene, args.image_size, args.world_seed)
+    shards = workflow.make_shards(world, out / "shards", shard_size_mb(world, args.nproc))
     n = json.loads((shards["mini_train"] / "manifest.json").read_text())["num_shards"]
     if n < args.nproc:
         sys.exit(f"ablation: {shards['mini_train']} holds {n} shard(s), fewer than --nproc {args.nproc} ranks "
@@ -245,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    DEMO.header(1, 3, "synthetic world and shards (reused when present)")
+    workflow.header(1, 3, "synthetic world and shards (reused when present)")
     shards = prepare_data(args, out)
 
     plan = build_plan(args, out)
-    DEMO.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
+    workflow.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
                       f"{args.steps} steps each, {args.nproc} rank(s)")
     results_path = out / "ablation" / "results.json"
     runs: dict[str, dict[str, Any]] = {}
@@ -266,19 +247,18 @@ def main(argv: list[str] | None = None) -> int:
             if (p.dir / "timing.json").is_file():
                 rec.update(json.loads((p.dir / "timing.json").read_text()))
         else:
-            final = p.dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
+            final = workflow.final_checkpoint(p.dir, args.steps)
             t = time.time()
             if not (final / "complete").is_file():
-                rc = DEMO.run(train_command(args, p, shards["mini_train"]), check=False)
+                rc = workflow.run(train_command(args, p, shards["mini_train"]), check=False)
                 if rc != 0 or not (final / "complete").is_file():
                     print(f"  FAILED: training of {p.name} (exit {rc}; no complete {final})", flush=True)
                     failed.append(p.name)
                     continue
                 rec["train_s"] = time.time() - t
             t = time.time()
-            rc = DEMO.run(eval_command(DEMO.PY, p, final, shards["mini_val"]), check=False)
-            if rc != 0 or not p.metrics_path.is_file():
-                print(f"  FAILED: evaluation of {p.name} (exit {rc})", flush=True)
+            if workflow.evaluate(p.dir / "eval", *eval_args(p, final, shards["mini_val"]), check=False) is None:
+                print(f"  FAILED: evaluation of {p.name}", flush=True)
                 failed.append(p.name)
                 continue
             rec["eval_s"] = time.time() - t
@@ -286,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         rec["metrics"] = read_metrics(p.metrics_path)
         runs[p.name] = rec
 
-    DEMO.header(3, 3, "results")
+    workflow.header(3, 3, "results")
     summary = summarize(runs)
     results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc,
                "config": args.config, "extra_overrides": args.overrides, "world": str(out / "world"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from shards.typed_config import ConfigError
 
@@ -21,6 +22,10 @@ sit at z = -4, -2, 0, 2 m here, 1.84 m lower than the paper's. Moving them above
 0.0026 against 0.0008-0.0045 for the unchanged config), so the numbers stay as they are; the paper's
 geometry in this frame would be z in [-3.16, 4.84] (every figure in the README was measured with [-5, 3]).
 """
+
+
+HybridMode = Literal["none", "centre", "anchor"]
+HYBRID_MODES: tuple[str, ...] = ("none", "centre", "anchor")
 
 
 @dataclass
@@ -125,19 +130,23 @@ class HeadConfig:
     group is matched one-to-one with the GT and the losses are averaged over groups. Inference runs
     group 0 only, so the deployed model and its cost do not change. 1 = plain DETR.
 
-    ``hybrid_box_init``: what a hybrid query takes from its proposal. False: its centre as the reference point
-    (the paper's hybrid queries). True: also its box and class scores, as anchors that every decoder layer
-    refines (the two-stage Deformable DETR's way): a layer's size, yaw and velocity codes are the proposal's
-    plus the regression branch's change from its initial output, and its class logits are the logits of the
-    proposal's scores (class probability x centerness x 3D confidence) plus the class branch's change from the
-    focal prior. Before training, the hybrid queries output the first stage's boxes and scores.
+    ``hybrid``: the one switch of the hybrid (two-stage) queries, ``num_hybrid`` of them from the perspective
+    head's proposals. ``"none"``: learned queries only (one-stage). ``"centre"``: a hybrid query takes its
+    proposal's centre as its reference point (the paper's hybrid queries). ``"anchor"``: also its box and class
+    scores, as anchors that every decoder layer refines (the two-stage Deformable DETR's way): a layer's size,
+    yaw and velocity codes are the proposal's plus the regression branch's change from its initial output, and
+    its class logits are the logits of the proposal's scores (class probability x centerness x 3D confidence)
+    plus the class branch's change from the focal prior; before training, the hybrid queries output the first
+    stage's boxes and scores. Without the perspective head (``lambda_pers = 0``) there are no proposals: the
+    resolved config says ``"none"`` (:class:`ModelConfig`). ``false`` (YAML) reads as ``"none"``. Run configs
+    written before this switch (``hybrid: true/false`` + ``hybrid_box_init``) are read by
+    :func:`upgrade_model_section`.
     """
 
     num_queries: int = 900
     group_detr: int = 1
     num_hybrid: int = 300
-    hybrid: bool = True
-    hybrid_box_init: bool = False
+    hybrid: HybridMode | bool = "centre"
     proposal_nms_radius: float = 1.0
     proposal_pre_nms: int = 2000
     num_layers: int = 6
@@ -152,6 +161,35 @@ class HeadConfig:
     focal_gamma: float = 2.0
     code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
     max_detections: int = 300
+
+    def __post_init__(self) -> None:
+        if self.hybrid is False:
+            self.hybrid = "none"
+        elif self.hybrid is True or self.hybrid not in HYBRID_MODES:
+            raise ConfigError(f"config key 'head.hybrid': {self.hybrid!r} is not one of {list(HYBRID_MODES)} "
+                              "(true is ambiguous: 'centre' is the paper's hybrid queries, 'anchor' the box-anchored)")
+
+    @property
+    def hybrid_box_init(self) -> bool:
+        """Hybrid queries anchored on their proposals' boxes and scores (``hybrid == "anchor"``)."""
+        return self.hybrid == "anchor"
+
+
+def upgrade_model_section(model: dict) -> dict:
+    """A run config's ``model`` mapping written before ``head.hybrid`` became a mode, in today's keys (a copy).
+
+    ``hybrid: true`` + ``hybrid_box_init: true`` -> ``"anchor"``; ``hybrid: true`` (with ``hybrid_box_init``
+    false or absent: configs resolved before that key existed were trained with centre-only hybrid queries)
+    -> ``"centre"``; ``hybrid: false`` -> ``"none"``. Current sections come back unchanged."""
+    head = model.get("head") if isinstance(model, dict) else None
+    if not isinstance(head, dict) or not (isinstance(head.get("hybrid"), bool) or "hybrid_box_init" in head):
+        return model
+    head = dict(head)
+    box_init = bool(head.pop("hybrid_box_init", False))
+    on = head.get("hybrid", True)
+    if isinstance(on, bool):
+        head["hybrid"] = ("anchor" if box_init else "centre") if on else "none"
+    return {**model, "head": head}
 
 
 @dataclass
@@ -176,6 +214,10 @@ class ModelConfig:
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    def __post_init__(self) -> None:
+        if self.lambda_pers == 0:  # no perspective head, hence no proposals: the resolved config says so
+            self.head.hybrid = "none"
+
     @property
     def frame_offsets(self) -> tuple[int, ...]:
         """The keyframe offsets a batch carries (``temporal.offsets``; ``bev_model.registry.DetectorConfig``)."""
@@ -197,8 +239,8 @@ class ModelConfig:
 
     @property
     def use_hybrid(self) -> bool:
-        """Hybrid (two-stage) queries need the perspective head."""
-        return self.head.hybrid and self.head.num_hybrid > 0 and self.use_perspective
+        """Hybrid (two-stage) queries are on (``head.hybrid`` is not ``none``; they need the perspective head)."""
+        return self.head.hybrid != "none" and self.use_perspective
 
     def validate(self) -> None:
         """Cross-field checks; errors name the key at fault."""
@@ -242,6 +284,9 @@ class ModelConfig:
             raise ConfigError(f"config key 'attn_backend': {self.attn_backend!r} is not auto/reference/cpu/triton")
         if self.lambda_pers < 0 or self.lambda_bev < 0:
             raise ConfigError("config keys 'lambda_bev'/'lambda_pers' must be >= 0")
+        if self.head.hybrid != "none" and self.head.num_hybrid < 1:
+            raise ConfigError(f"config key 'head.num_hybrid' ({self.head.num_hybrid}) must be >= 1 with "
+                              f"'head.hybrid' {self.head.hybrid!r} (set head.hybrid=none for no hybrid queries)")
         if self.head.group_detr < 1:
             raise ConfigError(f"config key 'head.group_detr' ({self.head.group_detr}) must be >= 1")
         if self.head.max_detections > 300:

@@ -1,7 +1,7 @@
 """BEVFormer v2 presets: a name that builds a whole ``ModelConfig`` (the timm idea applied to our detector).
 
 * ``tiny``: ResNet-18, 128-channel FPN, 50x50 BEV at 2.048 m, 1 encoder / 3 decoder layers,
-  150 learned + 50 hybrid queries (anchored on their proposals' boxes and scores: ``hybrid_box_init``),
+  150 learned + 50 hybrid queries (anchored on their proposals' boxes and scores: ``head.hybrid=anchor``),
   t2 temporal fusion. Meant for CPU training on small images
   (6 cameras x about 128x352).
 * ``r50``: the official BEVFormer v2 R50 t2 shapes: 200x200 BEV at 0.512 m, 6 encoder layers,
@@ -44,7 +44,7 @@ def _tiny() -> ModelConfig:
         temporal=TemporalConfig(offsets=(-1, 0), num_blocks=1),
         head=HeadConfig(
             num_queries=150, num_hybrid=50, num_layers=3, num_heads=4, num_points=4, ffn_dims=256,
-            dropout=0.0, proposal_nms_radius=2.0, proposal_pre_nms=1000, hybrid_box_init=True,
+            dropout=0.0, proposal_nms_radius=2.0, proposal_pre_nms=1000, hybrid="anchor",
         ),
     )
 

@@ -76,13 +76,12 @@ def constant_boxes(boxes: np.ndarray, labels: np.ndarray, per_class: int = 20, s
 
 def constant_submission(train_shards: str, val_shards: str, per_class: int = 20, seed: int = 0) -> dict:
     """A submission giving every val sample the same ego-frame boxes (converted to its global frame)."""
-    from eval.__main__ import load_shard_ground_truth
+    from eval.api import load_shard_ground_truth
     from eval.submission import make_submission, sample_results
-    from pipeline.urls import IOOptions
 
     b, s, lab = constant_boxes(*train_boxes(train_shards), per_class=per_class, seed=seed)
     attrs = np.asarray([attribute_index(DEFAULT_ATTRIBUTE[CLASSES[c]]) for c in lab])
-    gt, _ = load_shard_ground_truth(val_shards, IOOptions())
+    gt, _ = load_shard_ground_truth(val_shards)
     results = {tok: sample_results(tok, b, s, lab, attrs, info.ego2global) for tok, info in gt.samples.items()}
     return make_submission(results)
 

@@ -4,7 +4,7 @@
                          [--baseline NAME=path/metrics_summary.json ...]
 
 Every complete checkpoint of ``RUN_DIR/checkpoints`` (``shards.contracts.checkpoint.list_complete``) is scored by
-``python -m eval`` (in this process) into ``OUT/step_XXXXXXXX/``; a checkpoint whose complete
+``eval.api.evaluate_checkpoint`` (in this process) into ``OUT/step_XXXXXXXX/``; a checkpoint whose complete
 ``metrics_summary.json`` is already there (for the same shards and sample count) is not run again, so an
 interrupted curve resumes where it stopped. The rows go to ``OUT/curve.json`` and a picture of mAP, car
 AP and NDS against the step to ``OUT/curve.png``; each ``--baseline`` (an earlier eval's summary, e.g. the
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                          "(and the last one)")
     ap.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
     ap.add_argument("--num-workers", type=int, default=1, help="loader worker processes of each evaluation")
-    ap.add_argument("--device", default="cpu", help="model (and batch) device of each evaluation, as for python -m eval")
+    ap.add_argument("--device", default="auto", help="model (and batch) device of each evaluation, as for python -m eval")
     ap.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (e.g. MinIO / moto), as for python -m eval")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=SUMMARY",
                     help="an earlier eval's metrics_summary.json, drawn as a dashed line (repeatable)")
@@ -149,8 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from eval.__main__ import EvalInputError, load_shard_ground_truth
-    from eval.__main__ import main as eval_main
+    from eval.api import EvalInputError, evaluate_checkpoint, load_shard_ground_truth
     from pipeline.urls import IOOptions
 
     run_dir = Path(args.run)
@@ -170,17 +169,17 @@ def run(args: argparse.Namespace) -> int:
         found = read_summary(summary)
         if not _reusable(found, args.shards, num_samples):
             bar.set_postfix_str(f"evaluating step {step}")
-            argv = ["--shards", args.shards, "--checkpoint", str(ckpt), "--out", str(step_out), "--pictures", "0",
-                    "--curves", "none", "--no-progress", "--num-workers", str(args.num_workers),
-                    "--device", args.device]
-            if args.max_samples:
-                argv += ["--max-samples", str(args.max_samples)]
-            if args.s3_endpoint_url:
-                argv += ["--s3-endpoint-url", args.s3_endpoint_url]
-            code = eval_main(argv)
-            found = read_summary(summary) if code == 0 else None
+            try:
+                res = evaluate_checkpoint(ckpt, args.shards, out=step_out, pictures=0, curves="none", progress=False,
+                                          num_workers=args.num_workers, device=args.device,
+                                          max_samples=args.max_samples, s3_endpoint_url=args.s3_endpoint_url)
+                code, why = res.exit_code, res.message
+            except EvalInputError as e:
+                code, why = 2, str(e)
+            found = res.summary if code == 0 else None
             if found is None:
-                print(f"error: evaluating {ckpt} failed (exit {code}); output under {step_out}", file=sys.stderr)
+                print(f"error: evaluating {ckpt} failed (exit {code}: {why}); output under {step_out}",
+                      file=sys.stderr)
                 return EXIT_INPUT
         points.append(point_from_summary(step, found, summary))
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,11 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None, device:
 
     weights, cfg_path = checkpoint_files(checkpoint, config)
     run_cfg = read_run_config(cfg_path)
-    head = run_cfg.get("model", {}).get("head") if isinstance(run_cfg.get("model"), Mapping) else None
-    if isinstance(head, dict) and "hybrid" in head and "hybrid_box_init" not in head:
-        # a model section resolved in full before the key existed: trained with centre-only hybrid queries
-        head["hybrid_box_init"] = False
+    if isinstance(run_cfg.get("model"), Mapping):
+        # a model section written before head.hybrid became one mode (hybrid + hybrid_box_init): today's keys
+        from bev_model.config import upgrade_model_section
+
+        run_cfg["model"] = upgrade_model_section(dict(run_cfg["model"]))
     torch.manual_seed(seed)
     model = build_model(model_config_from_dict(run_cfg["model"], prefix="model"))
     if random_init:
@@ -85,20 +86,28 @@ class ModelPredictor:
     """``model.predict`` over consecutive eval batches, with one BEVHistory reused across calls.
 
     ``stage="first"``: ``model.predict_first_stage`` instead (the two-stage model's proposals; no history).
+    ``warm_up``: run the first batch once more, unscored, before scoring it. A process's very first forward
+    differs from later ones in the last float bits (oneDNN prepares its convolutions on the first call), so
+    a rank whose first frame is not the run's first frame (``torchrun -m eval``, ranks > 0) warms up to
+    compute exactly what one process computes.
     """
 
-    def __init__(self, model: Any, device: str = "cpu", stage: str = "final"):
+    def __init__(self, model: Any, device: str = "cpu", stage: str = "final", warm_up: bool = False):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.model = model
         self.device = device
         self.stage = stage
         self.history = new_history(model)
+        self.warm_up = warm_up
 
     def __call__(self, batch: Any) -> list[dict]:
         import torch
 
         with torch.inference_mode():
+            if self.warm_up:
+                self.warm_up = False
+                self.model.predict(batch.to(self.device), history=new_history(self.model))
             if self.stage == "first":
                 return self.model.predict_first_stage(batch.to(self.device))
             return self.model.predict(batch.to(self.device), history=self.history)
@@ -130,6 +139,8 @@ def eval_loader_config(
         offsets=(0,),
         augment=False,
         shuffle_shards=False,
+        rank=0,  # the loader never splits eval shards: eval.api splits whole scenes across ranks itself
+        world_size=1,
         device=device,
         num_workers=num_workers,
         load_points=False,
@@ -195,6 +206,7 @@ def stream_predictions(
     gt: GroundTruth,
     *,
     max_samples: int | None = None,
+    keep: Collection[str] | None = None,
     picture_tokens: Sequence[str] = (),
     progress: bool = True,
 ) -> StreamResult:
@@ -203,12 +215,16 @@ def stream_predictions(
     A data error raised by the loader (after the pipeline's own retries) ends the stream; it is
     returned in ``error`` with everything scored before it, never swallowed silently.
     ``predictor=None`` only collects views (for ``--predictions`` runs).
+    ``keep``: only these samples (one rank's scenes): batches of other samples are skipped unseen by the
+    predictor (its history sees a kept scene's frames in order) and the stream stops once all are done.
     """
     from tqdm import tqdm
 
     out = StreamResult()
     wanted = set(picture_tokens)
+    keep = set(keep) if keep is not None else None
     total = min(len(gt.order), max_samples) if max_samples else len(gt.order)
+    total = len(keep) if keep is not None else total
     bar = tqdm(total=total, desc="eval", unit="sample", disable=not progress)
     start = time.perf_counter()
     it = iter(loader)
@@ -223,11 +239,16 @@ def stream_predictions(
                 out.error = e
                 log.error("the shard stream failed after %d samples: %s: %s", len(out.results), type(e).__name__, e)
                 break
+            if keep is not None and keep.isdisjoint(batch.sample_token):
+                out.seconds_load += time.perf_counter() - t0
+                continue
             t1 = time.perf_counter()
             preds = predictor(batch) if predictor is not None else None
             out.seconds_load += t1 - t0
             out.seconds_infer += time.perf_counter() - t1
             for b, token in enumerate(batch.sample_token):
+                if keep is not None and token not in keep:
+                    continue
                 if token in out.results:
                     out.duplicates += 1
                     continue
@@ -249,6 +270,8 @@ def stream_predictions(
                 if max_samples is not None and len(out.results) >= max_samples:
                     break
             if predictor is None and wanted and wanted <= set(out.results):
+                break
+            if keep is not None and len(out.results) >= len(keep):
                 break
     finally:
         bar.close()

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import shutil
 import socket
 import subprocess
@@ -29,27 +27,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from shards.typed_config import from_dict, load_yaml
-from train.config import ScheduleConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-
+from train.workflow import (
+    PY,
+    ROOT,
+    config_steps,
+    constant_baseline,
+    evaluate,
+    final_checkpoint,
+    header,
+    make_shards,
+    make_world,
+    run,
+    run_budget,
+    shard_size_mb,
+    train_command,
+)
 
 T0 = time.time()
-
-
-def header(i: int, n: int, text: str) -> None:
-    bar = "#" * i + "." * (n - i)
-    print(f"\n[{bar}] stage {i}/{n}: {text}   (t = {time.time() - T0:.0f} s)", flush=True)
-
-
-def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> int:
-    print("  $ " + " ".join(str(c) for c in cmd), flush=True)
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        sys.exit(f"demo: stage failed (exit {proc.returncode}): {' '.join(str(c) for c in cmd)}")
-    return proc.returncode
 
 
 def free_port() -> int:
@@ -78,73 +72,12 @@ def http_server(root: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-VERSION = "v1.0-mini"
-SPLITS = ("mini_train", "mini_val")
-SHARD_MB = 8.0
-"""``--max-shard-mb`` of the demo's shards."""
 GPU_STEPS = 1800
 """Training budget on a GPU: the GPU learning curve in the README (about 5 minutes on one H100, mAP 0.10)."""
 GPU_WORKERS = 4
 """Loader worker processes of the GPU run (training and evaluation): the CPU decoder feeds the GPU."""
 GPU_TRAIN = ["data.device=cuda", "data.batch_size=2", f"data.num_workers={GPU_WORKERS}"]
 """On a GPU: one rank with batch 2, as many samples per step as the CPU demo's 2 ranks x 1."""
-
-
-def make_world(world: Path, frames_per_scene: int, image_size: str, seed: int) -> None:
-    """``python -m shards synth`` into ``world``, unless a complete world is there (an incomplete one is redone)."""
-    if (world / VERSION / "sample.json").is_file() and (world / ".complete").is_file():
-        print(f"  reusing {world}")
-        return
-    shutil.rmtree(world, ignore_errors=True)
-    run([PY, "-m", "shards", "synth", "--out", world, "--version", VERSION, "--frames-per-scene", frames_per_scene,
-         "--image-size", image_size, "--seed", seed])
-    (world / ".complete").write_text("ok\n")
-
-
-def shard_size_mb(world: Path, nproc: int, workers: int = 1) -> float:
-    """The demo's shard size (``SHARD_MB``), smaller when the world is so small that ``mini_train`` would give some
-    reader no shard (the loader needs one per rank and worker): aim at >= 2 train shards per rank and >= 1 per
-    loader worker (``nproc`` ranks x ``workers``).
-
-    v1.0-mini puts 8 of its 10 scenes in ``mini_train``; the shard size follows the source files' bytes.
-    """
-    total = sum(f.stat().st_size for f in (world / "samples").rglob("*") if f.is_file())
-    train_mb = 0.8 * total / 2**20
-    return round(min(SHARD_MB, max(0.25, train_mb / max(2 * nproc, nproc * workers))), 2)
-
-
-def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB) -> dict[str, Path]:
-    """Build + verify ``root/{split}`` for both splits; returns split -> shard dir.
-
-    The builder resumes an interrupted build and refuses other settings, so rerunning is safe.
-    """
-    dirs = {}
-    for split in SPLITS:
-        d = dirs[split] = root / split
-        run([PY, "-m", "shards", "build", "--dataroot", world, "--version", VERSION, "--split", split, "--out", d,
-             "--clip-frames", "8", "--max-shard-mb", max_shard_mb, "--workers", "2"])
-        run([PY, "-m", "shards", "verify", d])
-    return dirs
-
-
-def train_command(config: str, run_dir: Path, train_shards: Path, steps: int, nproc: int,
-                  *overrides: str) -> list:
-    """DeepSpeed training on ``nproc`` CPU ranks (each rank sizes its own thread pools, ``train.dist``)."""
-    return [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", nproc, "-m", "train",
-            "--config", config, f"out_dir={run_dir}", f"data.shards={train_shards}", f"schedule.total_steps={steps}",
-            *overrides, "--resume", "auto"]
-
-
-def config_steps(path: Path) -> int:
-    """``schedule.total_steps`` of a training config YAML (only its ``schedule`` section is checked: the whole
-    config's checks want the shards to exist, which on a fresh machine they do not yet)."""
-    return from_dict(ScheduleConfig, load_yaml(path).get("schedule", {}), "schedule").total_steps
-
-
-def run_budget(run_dir: Path) -> int | None:
-    """``schedule.total_steps`` of the training run already in ``run_dir`` (None: no checkpoint there)."""
-    configs = sorted((run_dir / "checkpoints").glob("step_*/config.yaml"))
-    return config_steps(configs[-1]) if configs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     shard_dirs = make_shards(world, out / "shards", shard_size_mb(world, nproc, GPU_WORKERS if gpu else 1))
     run([PY, "-m", "shards", "info", shard_dirs["mini_train"]])
 
-    train_extra, eval_extra = (GPU_TRAIN, ["--device", "cuda", "--num-workers", str(GPU_WORKERS)]) if gpu else ([], [])
+    train_extra, eval_extra = ((GPU_TRAIN, ["--device", "cuda", "--num-workers", str(GPU_WORKERS)]) if gpu
+                               else ([], ["--device", "cpu"]))
     where = "1 GPU (batch 2)" if gpu else f"{nproc} CPU ranks"
     header(3, n, f"train tiny, DeepSpeed ZeRO-2 on {where}, {args.steps} steps")
     run_dir = out / "run"
-    final = run_dir / "checkpoints" / f"step_{args.steps:08d}"  # the trainer's end-of-run checkpoint
+    final = final_checkpoint(run_dir, args.steps)
     budget = run_budget(run_dir)
     if budget is not None and budget != args.steps:  # its step_{steps} would be a mid-run checkpoint
         print(f"  {run_dir} holds a run of {budget} steps; starting over for {args.steps}")
@@ -205,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  serving {shard_dirs['mini_val']} at {url}")
 
         header(5, n, "streaming evaluation (trained, untrained, constant boxes)")
-        const_json = out / "eval" / "constant_boxes.json"
-        run([PY, "-m", "eval.baselines", "constant", "--train-shards", shard_dirs["mini_train"],
-             "--shards", url, "--out", const_json])
+        const_json = constant_baseline(shard_dirs["mini_train"], url, out / "eval" / "constant_boxes.json")
         common = ["--shards", url, "--curves", "classes", *eval_extra]
         for name, extra in (
             # pictures: the model's best 20 boxes per sample, whatever their score (a short CPU budget
@@ -216,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             ("untrained", ["--checkpoint", final, "--random-init", "--pictures", "0", "--curves", "none"]),
             ("constant", ["--predictions", const_json, "--pictures", "0", "--curves", "none"]),
         ):
-            eval_out = out / "eval" / name
-            run([PY, "-m", "eval", *common, "--out", eval_out, *extra])
-            results[name] = json.loads((eval_out / "metrics_summary.json").read_text())
+            results[name] = evaluate(out / "eval" / name, *common, *extra).summary
 
     header(6, n, "summary")
     print(f"{'model':<12}{'mAP':>8}{'NDS':>8}{'car AP':>9}")

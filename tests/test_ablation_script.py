@@ -1,4 +1,5 @@
-"""benchmarks/ablation_perspective.py: its plan (variants -> real training configs) and its statistics."""
+"""benchmarks/ablation_perspective.py: its plan (variants -> real training configs) and its statistics; the
+``train.workflow`` stages it shares with scripts/demo.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from train import workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +42,9 @@ def test_variants_resolve_to_the_intended_models(abl, tmp_path):
         cfg = load_train_config(ROOT / args.config, overrides)
         assert cfg.seed == 3 and cfg.schedule.total_steps == 5 and cfg.out_dir == p.dir
         mcfg = cfg.model_config()
-        flags[p.variant] = (mcfg.lambda_pers > 0, mcfg.use_perspective, mcfg.use_hybrid, mcfg.head.hybrid_box_init)
-    assert flags == {"bev_only": (False, False, False, True), "pers_bev": (True, True, True, True),
-                     "pers_bev_1stage": (True, True, False, True), "pers_bev_refonly": (True, True, True, False)}
+        flags[p.variant] = (mcfg.use_perspective, mcfg.use_hybrid, mcfg.head.hybrid)
+    assert flags == {"bev_only": (False, False, "none"), "pers_bev": (True, True, "anchor"),
+                     "pers_bev_1stage": (True, False, "none"), "pers_bev_refonly": (True, True, "centre")}
 
 
 def test_plan_is_seed_major_and_extra_overrides_reach_every_run(abl, tmp_path):
@@ -95,11 +98,11 @@ def test_demo_knows_the_budget_of_an_existing_run(abl, tmp_path):
     import yaml
 
     run_dir = tmp_path / "run"
-    assert abl.DEMO.run_budget(run_dir) is None
+    assert workflow.run_budget(run_dir) is None
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["schedule"]["total_steps"] = 500
     ckpt = run_dir / "checkpoints" / "step_00000400"
     ckpt.mkdir(parents=True)
     (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert abl.DEMO.run_budget(run_dir) == 500
-    assert abl.DEMO.config_steps(ROOT / "configs" / "demo.yaml") > 0  # no shards needed (fresh machine)
+    assert workflow.run_budget(run_dir) == 500
+    assert workflow.config_steps(ROOT / "configs" / "demo.yaml") > 0  # no shards needed (fresh machine)

@@ -24,7 +24,7 @@ def test_constant_boxes_cluster_each_class():
 def test_constant_submission_is_the_same_ego_boxes_for_every_sample(synth_shards):
     sub = constant_submission(str(synth_shards["mini_train"]), str(synth_shards["mini_val"]), per_class=3)
     validate_submission(sub)
-    from eval.__main__ import load_shard_ground_truth
+    from eval.api import load_shard_ground_truth
     from pipeline.urls import IOOptions
 
     gt, _ = load_shard_ground_truth(str(synth_shards["mini_val"]), IOOptions())

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-import eval.__main__ as eval_cli
+import eval.api as eval_api
 from eval.curve import main
 
 IMAGE_SIZE = [64, 176]
@@ -54,10 +54,10 @@ def test_curve_scores_every_complete_checkpoint_and_resumes(run_dir, synth_shard
     assert "step" in printed and "car AP" in printed
 
     # a second run reuses every summary (the eval would fail if called) and draws a baseline line
-    def no_eval(argv):
-        raise AssertionError(f"re-evaluated {argv}")
+    def no_eval(ckpt, shards, **kw):
+        raise AssertionError(f"re-evaluated {ckpt}")
 
-    monkeypatch.setattr(eval_cli, "main", no_eval)
+    monkeypatch.setattr(eval_api, "evaluate_checkpoint", no_eval)
     base = record["points"][0]["summary"]
     assert main(common + ["--baseline", f"untrained={base}"]) == 0
     again = json.loads((out / "curve.json").read_text())
@@ -65,19 +65,24 @@ def test_curve_scores_every_complete_checkpoint_and_resumes(run_dir, synth_shard
 
     # another sample count is another evaluation: the 2-sample summaries are not reused for 1 sample, nor
     # for the whole split (no --max-samples)
-    for extra in (["--max-samples", "1"], []):
+    def failing(calls):
+        def evaluate_checkpoint(ckpt, shards, **kw):
+            calls.append(kw)
+            return eval_api.EvalResult(complete=False, num_samples=0, num_expected=2, exit_code=3, message="boom")
+        return evaluate_checkpoint
+
+    for extra, want in ((["--max-samples", "1"], 1), ([], None)):
         calls = []
-        monkeypatch.setattr(eval_cli, "main", lambda argv, calls=calls: calls.append(argv) or 3)
+        monkeypatch.setattr(eval_api, "evaluate_checkpoint", failing(calls))
         assert main(common[:-4] + extra + ["--num-workers", "0"]) == 2
-        assert len(calls) == 1
-        assert calls[0][-2:] == extra if extra else "--max-samples" not in calls[0]
-        assert "failed (exit 3)" in capsys.readouterr().err
+        assert len(calls) == 1 and calls[0]["max_samples"] == want
+        assert "failed (exit 3: boom)" in capsys.readouterr().err
 
     # --device reaches each evaluation (a GPU run scores its checkpoints on the GPU)
     calls = []
-    monkeypatch.setattr(eval_cli, "main", lambda argv, calls=calls: calls.append(argv) or 3)
+    monkeypatch.setattr(eval_api, "evaluate_checkpoint", failing(calls))
     assert main(common[:-4] + ["--num-workers", "0", "--device", "cuda:1"]) == 2
-    assert calls[0][calls[0].index("--device") + 1] == "cuda:1"
+    assert calls[0]["device"] == "cuda:1"
 
 
 def test_curve_bad_input_names_the_culprit(run_dir, tmp_path, capsys):

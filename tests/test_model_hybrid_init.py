@@ -1,4 +1,4 @@
-"""Hybrid queries anchored on their proposals (``head.hybrid_box_init``): an untrained decoder outputs the first
+"""Hybrid queries anchored on their proposals (``head.hybrid: anchor``): an untrained decoder outputs the first
 stage's boxes and scores for them, and the learned queries keep the branches' priors."""
 
 import math
@@ -20,7 +20,7 @@ Q, K = 6, 4
 def _head(box_init: bool, groups: int = 1) -> BEVHead:
     torch.manual_seed(0)
     cfg = HeadConfig(num_queries=Q, num_hybrid=K, num_layers=2, num_heads=4, num_points=2, ffn_dims=64,
-                     dropout=0.0, group_detr=groups, hybrid_box_init=box_init)
+                     dropout=0.0, group_detr=groups, hybrid="anchor" if box_init else "centre")
     head = BEVHead(DIMS, cfg, BoxCoder(PC_RANGE), len(CLASSES), len(ATTRIBUTES), True, backend="reference")
     with torch.no_grad():  # class branches as their focal prior alone (their last weights start random)
         for branch in head.cls_branches:
@@ -107,8 +107,11 @@ def test_checkpoints_resolved_before_the_key_load_with_centre_only_hybrid_querie
 
     cfg = get_preset("tiny")
     full = {"preset": "tiny", **to_dict(cfg)}
-    old = {**full, "head": {k: v for k, v in full["head"].items() if k != "hybrid_box_init"}}
-    for name, model_section, want in (("old", old, False), ("new", full, True), ("preset", {"preset": "tiny"}, True)):
+    # the run configs of earlier versions: hybrid was a bool, hybrid_box_init a second switch (absent in the oldest)
+    oldest = {**full, "head": {**full["head"], "hybrid": True}}
+    older = {**full, "head": {**full["head"], "hybrid": True, "hybrid_box_init": True}}
+    for name, model_section, want in (("oldest", oldest, False), ("older", older, True), ("new", full, True),
+                                      ("preset", {"preset": "tiny"}, True)):
         ckpt = tmp_path / name
         ckpt.mkdir()
         torch.save(build_model(cfg).state_dict(), ckpt / "weights_fp32.pt")

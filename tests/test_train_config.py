@@ -59,7 +59,7 @@ def test_generated_deepspeed_config_is_valid(name: str, shard_dir: Path) -> None
     ds = build_ds_config(cfg)
     parsed = validate_ds_config(ds)  # DeepSpeed's own parser
     assert parsed.zero_optimization_stage == cfg.deepspeed.zero_stage
-    assert parsed.gradient_clipping == pytest.approx(35.0)
+    assert parsed.gradient_clipping == pytest.approx(cfg.optim.grad_clip)  # the config's value, not a default
     assert parsed.train_micro_batch_size_per_gpu == cfg.data.batch_size
     assert parsed.gradient_accumulation_steps == cfg.deepspeed.grad_accum_steps
     if name == "large":
@@ -121,3 +121,72 @@ def test_nonfinite_guard_skips_then_stops() -> None:
     assert not g.check(float("nan"), 5) and not g.check(float("nan"), 6)
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
         g.check(float("nan"), 7)
+
+
+def test_loader_frames_come_from_the_model_and_a_second_value_is_refused(shard_dir: Path) -> None:
+    """``data.offsets`` is not a second source: it is the model's ``frame_offsets``, or an error naming both keys."""
+    assert _load("tiny", shard_dir).data.offsets == (-1, 0)  # tiny.yaml holds no data.offsets: from the preset
+    cfg = _load("tiny", shard_dir, "model.temporal.offsets=[-2,-1,0]")
+    assert cfg.data.offsets == (-2, -1, 0) and cfg.data.T == 3
+    assert _load("tiny", shard_dir, "data.offsets=[-1,0]").data.offsets == (-1, 0)  # agreeing is allowed
+    with pytest.raises(ConfigError, match=r"'data\.offsets'.*'model\.temporal\.offsets'"):
+        _load("tiny", shard_dir, "data.offsets=[0]")
+    with pytest.raises(ConfigError, match=r"'data\.load_points'"):
+        _load("tiny", shard_dir, "data.load_points=true")  # BEVFormer v2 does not train on LiDAR
+
+
+def test_points_are_loaded_when_the_model_trains_on_them(shard_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from train.config import check_shards_have_points, derive_data_from_model
+
+    lidar_model = SimpleNamespace(frame_offsets=(0,), needs_points=True)
+    data = derive_data_from_model({"shards": str(shard_dir)}, lidar_model, "model.x")
+    assert data["load_points"] is True and data["offsets"] == [0]
+    with pytest.raises(ConfigError, match="load_points"):
+        derive_data_from_model({"shards": str(shard_dir), "load_points": False}, lidar_model, "model.x")
+    from pipeline.config import LoaderConfig
+
+    (shard_dir / "manifest.json").write_text(json.dumps({"settings": {"lidar": False}, "shards": []}))
+    with pytest.raises(ConfigError, match=r"data\.shards.*without LiDAR.*--lidar"):
+        check_shards_have_points(LoaderConfig(shards=str(shard_dir)))
+    (shard_dir / "manifest.json").write_text(json.dumps({"settings": {"lidar": True}, "shards": []}))
+    check_shards_have_points(LoaderConfig(shards=str(shard_dir)))
+
+
+def test_print_config_is_the_resolved_config_and_reads_back(shard_dir: Path) -> None:
+    """``--print-config`` prints every model field (what checkpoints store); loading it gives the same run."""
+    import yaml
+
+    from train.config import build_train_config, train_config_to_dict
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--print-config", "--config", "configs/demo.yaml", f"data.shards={shard_dir}",
+         "model.encoder.num_layers=2", "optim.lr=1e-3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["model"]["preset"] == "tiny" and printed["model"]["encoder"]["num_layers"] == 2
+    assert printed["model"]["head"]["num_queries"] == 150  # a preset value, written out in full
+    assert printed["data"]["offsets"] == printed["model"]["temporal"]["offsets"] == [0]
+    assert printed["optim"]["lr"] == pytest.approx(1e-3)
+    again = build_train_config(printed)
+    assert train_config_to_dict(again) == printed
+    assert type(again.model).__name__ == "ModelConfig" and type(again.data).__name__ == "LoaderConfig"
+
+
+def test_hybrid_queries_are_one_switch(shard_dir: Path) -> None:
+    """``model.head.hybrid`` (none / centre / anchor) says what runs; contradictions are refused by name."""
+    cfg = _load("tiny", shard_dir)
+    assert (cfg.model.head.hybrid, cfg.model.use_hybrid) == ("anchor", True)
+    assert _load("tiny", shard_dir, "model.head.hybrid=centre").model.head.hybrid_box_init is False
+    assert _load("tiny", shard_dir, "model.head.hybrid=false").model.use_hybrid is False  # YAML false/off
+    no_pers = _load("tiny", shard_dir, "model.lambda_pers=0.0").model
+    assert no_pers.head.hybrid == "none" and not no_pers.use_hybrid  # no proposals without the perspective head
+    with pytest.raises(ConfigError, match=r"head\.hybrid.*ambiguous"):
+        _load("tiny", shard_dir, "model.head.hybrid=true")
+    with pytest.raises(ConfigError, match=r"head\.num_hybrid.*head\.hybrid"):
+        _load("tiny", shard_dir, "model.head.num_hybrid=0")
+    with pytest.raises(ConfigError, match=r"hybrid_box_init"):
+        _load("tiny", shard_dir, "model.head.hybrid_box_init=true")  # the old second switch is gone

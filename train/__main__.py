@@ -1,11 +1,12 @@
 """``python -m train --config configs/X.yaml [key=value ...] [--resume auto|PATH]``.
 
 Same entry under ``torchrun --nproc_per_node N -m train ...`` and the DeepSpeed launcher
-(``deepspeed --num_gpus N [--hostfile H] --module train ...``). Options: ``--print-ds-config``
-prints the generated DeepSpeed JSON and exits; ``--check`` validates the config (and the JSON,
-with DeepSpeed's parser) and exits. Exit code 2: a config error, or a checkpoint that cannot be
-used (damaged, refused as unsafe, written with another config or world size); the message names the
-key or file.
+(``deepspeed --num_gpus N [--hostfile H] --module train ...``). Options: ``--print-config`` prints the
+fully resolved config (every model field, the data section with what it derives from the model) as YAML
+and exits; ``--print-ds-config`` prints the generated DeepSpeed JSON and exits; ``--check`` validates the
+config (and the JSON, with DeepSpeed's parser) and exits. Exit code 2: a config error, unreadable shards, or
+a checkpoint that cannot be used (damaged, refused as unsafe, written with another config or world size);
+the message names the key, URL or file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh-data-plan", action="store_true",
                    help="on resume, restore weights/optimizer/step but start the epoch's data anew "
                         "(another world size or worker count)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config (as checkpoints store it) and exit")
     p.add_argument("--print-ds-config", action="store_true", help="print the generated DeepSpeed JSON and exit")
     p.add_argument("--check", action="store_true", help="validate the config and the DeepSpeed JSON, then exit")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
@@ -48,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_train_config(args.config, args.overrides)
+        if args.print_config:
+            import yaml
+
+            from .config import train_config_to_dict
+
+            print(yaml.safe_dump(train_config_to_dict(cfg), sort_keys=False), end="")
+            return 0
         if args.print_ds_config or args.check:
             from .dist import select_accelerator
 

@@ -1,9 +1,16 @@
 """Typed training configuration (``python -m train --config configs/X.yaml [k=v ...]``).
 
 A YAML file holds top-level sections; ``model:`` belongs to ``bev_model`` (``{preset: name,
-...overrides}``), ``data:`` is a ``pipeline.LoaderConfig``, the rest are defined here. Loading is
-strict (``shards.typed_config``): an unknown key, a wrong type, a bad value or a missing local shard
-path raises ``ConfigError`` naming the dotted key before any process group or model is built.
+...overrides}``, typed by ``bev_model.model_config_from_dict`` into its family's config), ``data:`` is a
+``pipeline.LoaderConfig``, the rest are defined here. Loading is strict (``shards.typed_config``): an
+unknown key, a wrong type, a bad value or a missing local shard path raises ``ConfigError`` naming the
+dotted key before any process group or model is built.
+
+One source per fact: what the model needs from the data is derived from the model's config, never
+written twice. ``data.offsets`` (the frames of a window) is the model's ``frame_offsets`` (for BEVFormer v2
+``model.temporal.offsets``); ``data.load_points`` is the model's ``needs_points``. A ``data`` section that
+sets either to something else is refused naming both keys. ``python -m train --print-config`` prints the
+resolved config (:func:`train_config_to_dict`), as checkpoints store it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.config import LoaderConfig
 from shards.typed_config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
 Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
@@ -218,19 +226,14 @@ class InitSection:
             raise ConfigError("config key 'init.drop': empty prefix")
 
 
-def _loader_config_cls() -> type:
-    from pipeline.config import LoaderConfig
-
-    return LoaderConfig
-
-
 @dataclass
 class TrainConfig:
-    """The whole run. ``model`` is ``{preset: name, ...ModelConfig overrides}`` (``bev_model``);
-    ``data`` a ``pipeline.LoaderConfig`` mapping (typed by :func:`load_train_config`)."""
+    """The whole run. ``model``: the detector family's typed config (``bev_model.model_config_from_dict`` of
+    the YAML's ``{preset: name, ...overrides}``; ``model_preset`` keeps the name); ``data``: the loader's
+    config with ``offsets`` and ``load_points`` derived from the model (:func:`build_train_config`)."""
 
-    model: dict[str, Any]
-    data: Any
+    model: Any
+    data: LoaderConfig
     out_dir: Path = Path("runs/default")
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -241,15 +244,12 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     init: InitSection = field(default_factory=InitSection)
+    model_preset: str = field(default="", init=False)
+    """The preset the model section started from (``model.preset``)."""
 
     def model_config(self) -> Any:
-        """``bev_model.ModelConfig`` from the ``model`` section (+ forced activation checkpointing)."""
-        from bev_model import model_config_from_dict
-
-        mcfg = model_config_from_dict(self.model, prefix="model")
-        if self.deepspeed.activation_checkpointing:
-            mcfg.backbone.grad_checkpointing = True
-        return mcfg
+        """The model's typed config (``deepspeed.activation_checkpointing`` already applied)."""
+        return self.model
 
     def validate(self) -> None:
         if self.ema.enabled and self.deepspeed.zero_stage == 3:
@@ -280,8 +280,58 @@ SHARD_KEYS = ("shards", "urls", "url", "path", "paths", "root", "manifest", "sha
 """``data.*`` keys that name shard locations (checked for existence when local)."""
 
 
+def derive_data_from_model(raw_data: dict[str, Any], mcfg: Any, model_key: str) -> dict[str, Any]:
+    """``data`` with ``offsets`` / ``load_points`` from the model config; refuses a ``data`` value that disagrees.
+
+    ``model_key``: where the model's offsets are written (named in the error)."""
+    data = dict(raw_data)
+    offsets = [int(o) for o in mcfg.frame_offsets]
+    if "offsets" in data and [int(o) for o in (data["offsets"] or [])] != offsets:
+        raise ConfigError(f"config key 'data.offsets' ({list(data['offsets'])}) disagrees with '{model_key}' "
+                          f"({offsets}); the loader's frames are the model's: remove 'data.offsets'")
+    data["offsets"] = offsets
+    needs = bool(mcfg.needs_points)
+    if data.get("load_points", needs) is not needs:
+        raise ConfigError(f"config key 'data.load_points' ({data['load_points']}) disagrees with the model, which "
+                          f"{'needs' if needs else 'does not use'} LiDAR points in training "
+                          f"({type(mcfg).__name__}.needs_points); remove 'data.load_points'")
+    data["load_points"] = needs
+    return data
+
+
+def _model_offsets_key(mcfg: Any) -> str:
+    """The dotted key of the model's frame offsets (``model.temporal.offsets`` for BEVFormer v2)."""
+    return "model.temporal.offsets" if hasattr(getattr(mcfg, "temporal", None), "offsets") else "model (frame_offsets)"
+
+
+def check_shards_have_points(data: LoaderConfig) -> None:
+    """A model that trains on LiDAR needs shards built with ``--lidar``: refuse local ones whose manifest says not."""
+    import json
+
+    shards = data.shards if isinstance(data.shards, list) else [data.shards]
+    for spec in shards:
+        spec = str(spec)
+        if "://" in spec and not spec.startswith("file://"):
+            continue  # remote: the loader names a missing lidar.npy member when it meets one
+        path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
+        manifest = path / "manifest.json" if path.is_dir() else path if path.suffix == ".json" else None
+        if manifest is None or not manifest.is_file():
+            continue
+        try:
+            lidar = json.loads(manifest.read_text()).get("settings", {}).get("lidar", True)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if lidar is False:
+            raise ConfigError(f"config key 'data.shards': {spec} was built without LiDAR (its manifest's "
+                              "settings.lidar is false: no lidar.npy members), but the model needs points in "
+                              "training (needs_points); rebuild the shards with --lidar")
+
+
 def build_train_config(data: dict[str, Any]) -> TrainConfig:
-    """Nested mapping -> ``TrainConfig`` (strict); types ``data`` as ``LoaderConfig``, checks the model."""
+    """Nested mapping -> ``TrainConfig`` (strict): the model section typed by its family, ``data`` as a
+    ``LoaderConfig`` with ``offsets``/``load_points`` derived from the model."""
+    from bev_model import model_config_from_dict
+
     if not isinstance(data, dict):
         raise ConfigError(f"training config must be a mapping, got {data!r}")
     data = dict(data)
@@ -289,14 +339,20 @@ def build_train_config(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError("missing required config key 'data'")
     if "model" not in data:
         raise ConfigError("missing required config key 'model'")
-    raw_data = data.pop("data")
-    cfg = from_dict(TrainConfig, {**data, "data": {}})
-    loader_cls = _loader_config_cls()
-    cfg.data = from_dict(loader_cls, raw_data, prefix="data")
-    for f in dataclasses.fields(cfg.data):
+    raw_data, raw_model = data.pop("data"), data.pop("model")
+    if not isinstance(raw_data, dict):
+        raise ConfigError(f"config key 'data': expected a mapping, got {raw_data!r}")
+    mcfg = model_config_from_dict(raw_model, prefix="model")  # raises ConfigError naming 'model.<key>'
+    loader = from_dict(LoaderConfig, derive_data_from_model(raw_data, mcfg, _model_offsets_key(mcfg)), prefix="data")
+    for f in dataclasses.fields(loader):
         if f.name in SHARD_KEYS:
-            _check_local_paths(getattr(cfg.data, f.name), f"data.{f.name}")
-    cfg.model_config()  # raises ConfigError naming 'model.<key>'
+            _check_local_paths(getattr(loader, f.name), f"data.{f.name}")
+    if mcfg.needs_points:
+        check_shards_have_points(loader)
+    cfg = from_dict(TrainConfig, {**data, "model": mcfg, "data": loader})
+    cfg.model_preset = str(raw_model["preset"])
+    if cfg.deepspeed.activation_checkpointing and hasattr(mcfg, "backbone"):
+        mcfg.backbone.grad_checkpointing = True
     return cfg
 
 
@@ -322,5 +378,10 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
 
 
 def train_config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """``TrainConfig`` -> plain mapping (YAML-able) that :func:`build_train_config` reads back."""
-    return to_dict(cfg)
+    """The resolved config as a plain mapping (YAML-able) that :func:`build_train_config` reads back: ``model``
+    in full (``{preset, ...every field}``), so that eval rebuilds exactly the trained detector even if the
+    preset changes later, and ``data`` with its derived ``offsets``/``load_points``."""
+    out = to_dict(cfg)
+    out.pop("model_preset", None)
+    out["model"] = {"preset": cfg.model_preset, **to_dict(cfg.model)}
+    return out

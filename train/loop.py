@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.typed_config import to_dict
-
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .dist import DistInfo, all_reduce_mean, barrier, init_distributed
+from .config import TrainConfig, train_config_to_dict
+from .dist import DistInfo, all_reduce_mean, init_distributed
 from .ema import EMA
 from .engine import PREFIX, build_engine, group_names
-from .eval_hook import run_eval
+from .eval_hook import evaluate_on_main
 from .init_from import init_from_checkpoint
 from .logger import RunLogger
 from .resume import decide_on_rank0, plan_start
@@ -67,9 +65,7 @@ def seed_everything(seed: int) -> None:
 def resolved_config_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The run's config as a plain mapping, ``model`` resolved in full (``{preset, ...every field}``) so
     that eval rebuilds exactly the trained detector even if the preset changes later."""
-    out = to_dict(cfg)
-    out["model"] = {"preset": cfg.model["preset"], **to_dict(cfg.model_config())}
-    return out
+    return train_config_to_dict(cfg)
 
 
 def _loader_config(cfg: TrainConfig, dist: DistInfo) -> Any:
@@ -207,12 +203,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, allow_config_change: l
         return ckpt
 
     def evaluate(ckpt: Path) -> None:
+        res = evaluate_on_main(cfg.eval, ckpt, step, dist.is_main)  # every rank waits for rank 0's eval
         if dist.is_main:
-            res = run_eval(cfg.eval, ckpt, step)
             if res["returncode"] != 0:
                 log.write(f"warning: eval at step {step} failed (rc {res['returncode']}):\n{res['log']}")
-            log.event(step, "eval", returncode=res["returncode"], **res["metrics"])
-        barrier()
+            log.event(step, "eval", returncode=res["returncode"], complete=res["complete"], **res["metrics"])
 
     engine.train()
     try:

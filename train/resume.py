@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bev_model.config import upgrade_model_section
 from shards.contracts.checkpoint import CONFIG, CheckpointError, read_run_config
 from shards.typed_config import ConfigError
 
@@ -110,6 +111,7 @@ def plan_start(resume: str | None, out_dir: Path, config: dict[str, Any], *, wor
         return plan
     plan.checkpoint = str(ckpt)
     old = read_run_config(ckpt / CONFIG)
+    old["model"] = upgrade_model_section(old["model"])  # a checkpoint written before head.hybrid became a mode
     plan.messages += compare_configs(old, config, allow_config_change)
     ts = read_trainer_state(ckpt)
     plan.backbone_pretrained = bool(ts.get("backbone_pretrained", False))

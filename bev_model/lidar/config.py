@@ -84,7 +84,7 @@ class LidarConfig:
     pillar: PillarConfig = field(default_factory=PillarConfig)
     backbone: SecondConfig = field(default_factory=SecondConfig)
     embed_dims: int = 256
-    head: HeadConfig = field(default_factory=lambda: HeadConfig(num_hybrid=0, hybrid=False))
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(num_hybrid=0, hybrid="none"))
     heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
     num_classes: int = 10
     num_attrs: int = 8

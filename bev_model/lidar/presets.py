@@ -23,7 +23,7 @@ def _lidar_tiny() -> LidarConfig:
         backbone=SecondConfig(layer_channels=(32, 64, 128), layer_nums=(1, 2, 2), layer_strides=(1, 2, 2),
                               fpn_channels=64),
         embed_dims=student.encoder.embed_dims,
-        head=HeadConfig(num_queries=h.num_queries + h.num_hybrid, num_hybrid=0, hybrid=False, num_layers=h.num_layers,
+        head=HeadConfig(num_queries=h.num_queries + h.num_hybrid, num_hybrid=0, hybrid="none", num_layers=h.num_layers,
                         num_heads=h.num_heads, num_points=h.num_points, ffn_dims=h.ffn_dims, dropout=0.0),
         heatmap=HeatmapConfig(shared_channels=64),
     )
@@ -36,7 +36,7 @@ def _lidar_base() -> LidarConfig:
         pillar=PillarConfig(stride=2, channels=64),
         backbone=SecondConfig(layer_channels=(128, 256), layer_nums=(5, 5), layer_strides=(1, 2), fpn_channels=256),
         embed_dims=256,
-        head=HeadConfig(num_queries=900, num_hybrid=0, hybrid=False, num_layers=6),
+        head=HeadConfig(num_queries=900, num_hybrid=0, hybrid="none", num_layers=6),
         heatmap=HeatmapConfig(shared_channels=64),
     )
 
