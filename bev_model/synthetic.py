@@ -5,7 +5,7 @@ ground, boxes of the 10 classes scattered around the ego car, static in the worl
 drives forward, so earlier frames see them moved. Each box is painted into every camera that sees
 it as its projected 2D box, in a class colour shaded by depth (far first). ``bev_aug=True`` applies a
 random BEV rotation/scale/flip ``B`` to the boxes and every frame's ``ego2img`` (``ego2img · B⁻¹``),
-exactly as DESIGN.md prescribes for the pipeline.
+exactly as docs/DESIGN.md prescribes for the pipeline.
 """
 
 from __future__ import annotations

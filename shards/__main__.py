@@ -1,4 +1,4 @@
-"""``python -m shards synth|build|verify|info`` (see DESIGN.md, Shards)."""
+"""``python -m shards synth|build|verify|info`` (see docs/DESIGN.md, Shards)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every package imports these names; nothing else defines a camera order, a
 class list, a box layout or a camera matrix.
 
-Frames (DESIGN.md, Conventions):
+Frames (docs/DESIGN.md, Conventions):
 
 * All 3D quantities of a sample live in the **ego frame at the keyframe's
   LIDAR_TOP timestamp**: x forward, y left, z up, metres.

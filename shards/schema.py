@@ -1,4 +1,4 @@
-"""The shard format's names and the Arrow sidecar schema (DESIGN.md, Shards).
+"""The shard format's names and the Arrow sidecar schema (docs/DESIGN.md, Shards).
 
 A shard ``{split}-{i:06d}.tar`` holds whole temporal clips; every sample ``{key}``
 has the members ``{key}.cam_front.jpg`` ... (one per camera, in
@@ -78,9 +78,9 @@ SIDECAR_SCHEMA = pa.schema(
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
-"""Sidecar columns and types: the contract of DESIGN.md (one row per sample, tar order).
+"""Sidecar columns and types: the contract of docs/CONTRACTS.md (one row per sample, tar order).
 
-Beyond DESIGN.md's table, four float64 columns hold each annotation exactly as the devkit gives it,
+Beyond the starting design's columns (docs/CONTRACTS.md marks them "v2 (added)"), four float64 columns hold each annotation exactly as the devkit gives it,
 in the global frame, for the evaluator: ``gt_translation`` (x, y, z of the box centre), ``gt_size``
 (nuScenes ``w, l, h``), ``gt_rotation`` (quaternion ``w, x, y, z``) and ``gt_velocity`` (``vx, vy``
 from ``NuScenes.box_velocity``, **NaN where the devkit's estimate is undefined**, e.g. an instance

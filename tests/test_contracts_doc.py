@@ -60,7 +60,7 @@ def names(cell: str) -> list[str]:
 
 
 def notation(t: pa.DataType) -> str:
-    """An Arrow type in the doc's (DESIGN.md's) notation."""
+    """An Arrow type in docs/CONTRACTS.md's notation."""
     if pa.types.is_fixed_size_list(t):
         return f"fixed_size_list<{notation(t.value_type)}, {t.list_size}>"
     if pa.types.is_list(t):

@@ -3,7 +3,8 @@
 ``BEVNeXtConfig`` composes one dataclass per component. Presets:
 
 * ``bevnext_tiny``: ResNet-18, stride-8 depth feature, 59 depth bins (1 m) over 1-60 m, 64-channel lift,
-  50x50 BEV at 2.048 m over the ``tiny`` preset's ``pc_range``, single frame (stage 1). Meant for CPU
+  48x48 BEV (2.13 m cells; the BEV backbone needs a multiple of 8) over the ``tiny`` preset's ``pc_range``,
+  single frame (stage 1). Meant for CPU
   training on 6 x 96x256 images.
 * ``bevnext_r50``: the official shapes (configs/bevnext/bevnext-stage2.py): ResNet-50, 256x704 input,
   stride 8, D = 118 bins over [1, 60) m at 0.5 m, 160-channel lift, 128x128 BEV at 0.8 m, 9 frames

@@ -1,4 +1,4 @@
-"""The ``Batch`` handed to models (DESIGN.md, Batches; docs/CONTRACTS.md).
+"""The ``Batch`` handed to models (docs/CONTRACTS.md, "The Batch"; docs/DESIGN.md, "Data flow").
 
 Shapes: B samples, T frames (time order, index T-1 is the current frame), N = 6 cameras.
 """
