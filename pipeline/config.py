@@ -74,6 +74,9 @@ class LoaderConfig:
     """Unused since frames travel in reusable shared-memory slots copied once to the device (kept for
     config compatibility)."""
     shuffle_shards: bool = True
+    resampled: bool = False
+    """Train: every worker draws its own shards with replacement across workers and passes (webdataset's
+    ``resampled``), so there may be fewer shards than ranks x workers; an epoch stays ``epoch_samples``."""
     shuffle_buffer: int = 32
     """Shuffle buffer size in windows (train); whole clips enter it, windows leave it whole."""
     seed: int = 0

@@ -102,9 +102,9 @@ class Loader:
         self.num_workers = cfg.num_workers
         nw = max(1, cfg.num_workers)
         n = len(self.shards)
-        if cfg.mode == "train" and n < self.world * nw:
+        if cfg.mode == "train" and n < self.world * nw and not cfg.resampled:
             raise LoaderError(f"{n} shard(s) for {self.world} rank(s) x {nw} worker(s): every worker needs at "
-                              f"least one shard (use fewer workers or build smaller shards)")
+                              f"least one shard (use fewer workers, build smaller shards, or data.resampled=true)")
         if cfg.mode == "eval" and n < self.world:
             raise LoaderError(f"{n} shard(s) for {self.world} rank(s): every rank needs at least one shard")
         self.device = torch.device(cfg.device)

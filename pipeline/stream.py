@@ -95,7 +95,7 @@ class WindowStream(IterableDataset):
             stream, wins = train_cycle(src.clips, len(self.shards), seed=cfg.seed, epoch=self.spec.epoch,
                                        cycle=cycle, rank=self.rank, world=self.world, worker=worker,
                                        num_workers=nw, shuffle_shards=cfg.shuffle_shards,
-                                       bufsize=cfg.shuffle_buffer)
+                                       bufsize=cfg.shuffle_buffer, resampled=cfg.resampled)
             if not wins:
                 raise LoaderError(f"rank {self.rank} worker {worker} has no samples in its shards")
             skip = min(max(consumed - pos, 0), len(wins))

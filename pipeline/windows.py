@@ -104,12 +104,31 @@ def shuffled_windows(clips: list[list[Window]], bufsize: int, rng: np.random.Gen
     return out
 
 
+def resampled_shards(n_shards: int, seed: int, epoch: int, cycle: int, rank: int, worker: int,
+                     count: int) -> list[int]:
+    """webdataset ``ResampledShards`` semantics: every (rank, worker) draws its own shards from a stream of its
+    own, independent of every other worker's, so shards repeat across workers and passes and any number of
+    ranks x workers can train on any number of shards. One pass draws ``count`` shards (distinct within the
+    pass when ``count <= n_shards``, so a pass never holds the same window twice)."""
+    rng = np.random.default_rng([seed, epoch, cycle, rank, worker, 0x5E5A])
+    return [int(i) for i in rng.choice(n_shards, size=count, replace=count > n_shards)]
+
+
 def train_cycle(shard_clips: Callable[[int, int], list[list[Window]]], n_shards: int, *, seed: int, epoch: int,
                 cycle: int, rank: int, world: int, worker: int, num_workers: int, shuffle_shards: bool,
-                bufsize: int) -> tuple[list[int], list[Window]]:
-    """One pass of a worker over its shards: (shard stream order, windows in emission order)."""
-    order = shard_order(n_shards, seed, epoch, cycle, shuffle_shards)
-    mine = split_for(split_for(order, rank, world), worker, num_workers)
+                bufsize: int, resampled: bool = False) -> tuple[list[int], list[Window]]:
+    """One pass of a worker over its shards: (shard stream order, windows in emission order).
+
+    Default: the epoch's shard permutation strided over ranks, then workers (each shard read by one worker
+    per pass). ``resampled``: the worker draws ``ceil(n_shards / (world * num_workers))`` shards of its own
+    (:func:`resampled_shards`).
+    """
+    if resampled:
+        count = max(1, -(-n_shards // (world * max(1, num_workers))))
+        mine = resampled_shards(n_shards, seed, epoch, cycle, rank, worker, count)
+    else:
+        order = shard_order(n_shards, seed, epoch, cycle, shuffle_shards)
+        mine = split_for(split_for(order, rank, world), worker, num_workers)
     clips = [c for s in mine for c in shard_clips(s, cycle)]
     rng = np.random.default_rng([seed, epoch, cycle, rank, worker, 0xB0F])
     return mine, shuffled_windows(clips, bufsize, rng)

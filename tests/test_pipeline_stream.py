@@ -11,7 +11,7 @@ import pytest
 from pipeline import LoaderConfig, build_loader
 from pipeline.faults import LoaderError
 from pipeline.urls import ShardURLError, expand_shard_urls, read_bytes
-from pipeline.windows import clip_windows, find_clips, shard_windows, shuffled_windows
+from pipeline.windows import clip_windows, find_clips, resampled_shards, shard_windows, shuffled_windows
 
 SMALL = dict(image_size=(32, 80))
 
@@ -39,6 +39,12 @@ def test_shuffle_buffer_keeps_windows_whole_and_covers():
 
 def _tokens(loader) -> list[str]:
     return [t for b in loader for t in b.sample_token]
+
+
+def _sidecar_tokens(tar_path: str) -> list[str]:
+    from shards.reader import open_sidecar
+
+    return open_sidecar(tar_path[: -len(".tar")] + ".arrow").column("sample_token").to_pylist()
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -90,6 +96,30 @@ def test_fewer_shards_than_workers_is_an_error(synth_shards):
     cfg = LoaderConfig(shards=shards, num_workers=2, rank=0, world_size=2, **SMALL)
     with pytest.raises(LoaderError, match="3 shard"):
         build_loader(cfg)
+
+
+def test_resampled_shards_feed_more_workers_than_shards(synth_shards):
+    shards = sorted(str(p) for p in synth_shards["mini_train"].glob("*.tar"))[:3]  # 3 shards, 2 ranks x 2 workers
+    allowed = set()
+    for path in shards:
+        allowed |= {k for k in _sidecar_tokens(path)}
+    counts = []
+    for rank in range(2):
+        loader = build_loader(LoaderConfig(shards=shards, batch_size=2, num_workers=2, rank=rank, world_size=2,
+                                           resampled=True, augment=False, **SMALL))
+        toks = _tokens(loader)
+        counts.append((len(toks), 2 * len(loader)))
+        assert set(toks) <= allowed
+    assert counts[0] == counts[1] and counts[0][0] == counts[0][1] > 0
+
+
+def test_resampled_draws_are_per_worker_reproducible_and_distinct_within_a_pass():
+    a = resampled_shards(10, seed=0, epoch=0, cycle=0, rank=0, worker=0, count=4)
+    assert a == resampled_shards(10, seed=0, epoch=0, cycle=0, rank=0, worker=0, count=4)
+    assert len(set(a)) == 4 and all(0 <= i < 10 for i in a)
+    others = {tuple(resampled_shards(10, 0, 0, 0, rank=r, worker=w, count=4)) for r in range(2) for w in range(2)}
+    assert len(others) > 1  # workers draw independently
+    assert resampled_shards(1, 0, 0, 0, 0, 0, count=3) == [0, 0, 0]  # fewer shards than a pass: with replacement
 
 
 def test_resume_continues_with_unseen_data(synth_shards):
