@@ -27,12 +27,10 @@ Inputs and the upstream gradient are allocated before the measurement; the input
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ import torch  # noqa: E402
 from bev_model.bev_grid import BEVGrid  # noqa: E402
 from bev_model.ops import bev_pool_v2, bev_pool_v2_prepare  # noqa: E402
 from bev_model.ops.bev_pool_testing import ring_frustum_points  # noqa: E402
+from bev_model.ops.measure import PeakMemory, timed_ms  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -97,59 +96,6 @@ def cumsum_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_feat_shape,
     return out.view(B, Z, Y, X, C).permute(0, 4, 1, 2, 3).contiguous()
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-class _Meter:
-    """Peak memory of a block, in MiB (CPU: RSS high-water mark; CUDA: caching-allocator peak)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            self.base = _rss_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.peak_mib = (_rss_kib("VmHWM") * 1024 - self.base) / 2**20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: torch.device, repeats: int, budget_s: float) -> float:
-    """Best wall time (ms) over up to ``repeats`` runs (at least 2), stopping early past ``budget_s``. The minimum,
-    not the median: on a shared machine the other tenants' load only ever adds time."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - start < budget_s):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return min(times)
-
-
 def worker(shape_name: str, method: str, args) -> dict:
     """One (shape, method) measurement; runs in its own process."""
     device = torch.device(args.device)
@@ -163,7 +109,7 @@ def worker(shape_name: str, method: str, args) -> dict:
     B = args.batch
     H, W = s.feat_hw
     points = ring_frustum_points(B, s.cams, s.bins, s.feat_hw, s.image_hw).to(device)
-    prep_ms = _timed(lambda: bev_pool_v2_prepare(points, s.grid), device, 3, 0.0)
+    prep_ms = timed_ms(lambda: bev_pool_v2_prepare(points, s.grid), device, 3, 0.0, stat="min")
     ranks_bev, ranks_depth, ranks_feat, starts, lengths = bev_pool_v2_prepare(points, s.grid)
     g = torch.Generator().manual_seed(0)
     depth = torch.rand(B, s.cams, s.bins, H, W, generator=g).softmax(2)
@@ -188,14 +134,14 @@ def worker(shape_name: str, method: str, args) -> dict:
         fwd_bwd()  # warm-up on the full problem (numba / Triton compilation, allocator pools, first-touch pages)
         with torch.no_grad():
             err = ((fwd().double().cpu() - out64).abs().max() / out64.abs().max()).item()
-        with _Meter(device) as m_fwd:
+        with PeakMemory(device) as m_fwd:
             out = fwd()
         del out
-        with _Meter(device) as m_bwd:
+        with PeakMemory(device) as m_bwd:
             grads = fwd_bwd()
         del grads
-        fwd_ms = _timed(fwd, device, args.repeats, args.budget_s)
-        bwd_ms = _timed(fwd_bwd, device, args.repeats, args.budget_s)
+        fwd_ms = timed_ms(fwd, device, args.repeats, args.budget_s, stat="min")
+        bwd_ms = timed_ms(fwd_bwd, device, args.repeats, args.budget_s, stat="min")
     except torch.OutOfMemoryError:
         return {"method": method, "oom": True}
     return {

@@ -19,13 +19,10 @@ returned by backward are inside it for every backend.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bev_model.ops import multi_scale_deformable_attn  # noqa: E402
+from bev_model.ops.measure import PeakMemory, timed_ms  # noqa: E402
 from bev_model.ops.testing import Problem, random_inputs  # noqa: E402
 
 DETR_LEVELS = ((64, 64), (32, 32), (16, 16), (8, 8))
@@ -52,58 +50,6 @@ def reference_bytes(p: Problem, itemsize: int = 4) -> int:
     """Rough peak of the grid_sample path for forward+backward: the sampled values ``[B*M, D, Q, L*P]`` are kept
     for backward and their gradient and the weighted product are as large again."""
     return 3 * p.batch * p.heads * p.head_dim * p.queries * len(p.shapes) * p.points * itemsize
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-class _Meter:
-    """Peak memory of a block, in MiB (CPU: RSS high-water mark; CUDA: caching-allocator peak)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            self.base = _rss_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.peak_mib = (_rss_kib("VmHWM") * 1024 - self.base) / 2**20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: torch.device, repeats: int, budget_s: float) -> float:
-    """Median wall time (ms) over up to ``repeats`` runs (at least 2), stopping early past ``budget_s``."""
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - start < budget_s):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def worker(shape: str, backend: str, dtype: str, device_name: str, repeats: int, budget_s: float) -> dict:
@@ -126,14 +72,14 @@ def worker(shape: str, backend: str, dtype: str, device_name: str, repeats: int,
     try:
         # warm-up on the full problem (numba / Triton compilation, allocator pools, first-touch pages)
         fwd_bwd()
-        with _Meter(device) as m_fwd:
+        with PeakMemory(device) as m_fwd:
             out = fwd()
         del out
-        with _Meter(device) as m_bwd:
+        with PeakMemory(device) as m_bwd:
             grads = fwd_bwd()
         del grads
-        fwd_ms = _timed(lambda: fwd(), device, repeats, budget_s)
-        bwd_ms = _timed(fwd_bwd, device, repeats, budget_s)
+        fwd_ms = timed_ms(lambda: fwd(), device, repeats, budget_s, stat="median")
+        bwd_ms = timed_ms(fwd_bwd, device, repeats, budget_s, stat="median")
     except torch.OutOfMemoryError:
         return {"shape": shape, "backend": backend, "oom": True}
     return {

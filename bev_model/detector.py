@@ -4,18 +4,16 @@
 ``total = lambda_bev * sum(bev.*) + lambda_pers * sum(pers.*)``. ``predict(batch, history=None)``
 returns per-sample detections in the un-augmented ego frame of the current frame.
 
-Batch (any object with these attributes; see docs/CONTRACTS.md): ``imgs [B, T, N, 3, H, W]`` RGB in [0, 1],
-``ego2img [B, T, N, 4, 4]``, ``intrinsics [B, T, N, 3, 3]``, ``bev_aug [B, 4, 4]`` (optional),
+The input is a :class:`shards.contracts.batch.Batch` (docs/CONTRACTS.md): ``imgs [B, T, N, 3, H, W]`` RGB in
+[0, 1], ``ego2img [B, T, N, 4, 4]``, ``intrinsics [B, T, N, 3, 3]``, ``bev_aug [B, 4, 4]``,
 ``cur_from_prev [B, T, 4, 4]``, ``valid_prev [B, T]``, ``ego2global [B, T, 4, 4]`` (for history),
-``gt_boxes/gt_labels/gt_attrs`` (+ optional ``gt_num_pts``, ``gt_visibility``) lists, ``scene_token``.
+``gt_boxes/gt_labels/gt_attrs/gt_num_pts/gt_visibility`` lists, ``scene_token``.
 ``cur_from_prev[:, t]`` maps the BEV-augmented ego frame of frame t into the augmented current frame
 (``bev_aug · inv(e2g_cur) · e2g_t · inv(bev_aug)``, as ``shards.contracts.batch.Batch`` documents); every frame's
 ``ego2img`` carries the same ``bev_aug``. Frame/offset mapping: :meth:`BEVFormerV2.frame_indices`.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,20 +31,7 @@ from .perspective_head import PerspectiveHead, PerspectiveLoss, decode_perspecti
 from .perspective_targets import Locations, build_perspective_targets, make_locations
 from .postprocess import postprocess
 from .proposals import select_proposals
-from .temporal import BEVHistory, ResNetFusion, align_bev, fill_invalid
-
-
-@contextmanager
-def _eval_mode(modules: list[nn.Module]):
-    """Temporarily put modules in eval mode (previous frames: no dropout, frozen BN statistics)."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
+from .temporal import BEVHistory, ResNetFusion, align_bev, eval_mode, fill_invalid
 
 
 class BEVFormerV2(nn.Module):
@@ -114,15 +99,15 @@ class BEVFormerV2(nn.Module):
         T = batch.imgs.shape[1]
         offsets = self.cfg.temporal.offsets
         _, idx = self.frame_indices(T)
-        bev_aug = _bev_aug(batch, B, bev_cur.device)
-        valid_prev = getattr(batch, "valid_prev", None)
+        bev_aug = batch.bev_aug.to(bev_cur.device).float()
+        valid_prev = batch.valid_prev
         frames: list[torch.Tensor] = []
         valid = torch.zeros(B, len(offsets), dtype=torch.bool, device=bev_cur.device)
         others = [i for i, (o, t) in enumerate(zip(offsets, idx)) if o != 0 and t is not None]
         other_bev = {}
         if others:
             ts = [idx[i] for i in others]
-            with torch.no_grad(), _eval_mode([self.backbone, self.neck, self.encoder]):
+            with torch.no_grad(), eval_mode([self.backbone, self.neck, self.encoder]):
                 imgs = batch.imgs[:, ts].flatten(0, 1)  # [B * F', N, 3, H, W]
                 e2i = batch.ego2img[:, ts].flatten(0, 1)
                 bevs, _ = self.frame_bev(imgs, e2i)
@@ -130,7 +115,7 @@ class BEVFormerV2(nn.Module):
             for j, (i, t) in enumerate(zip(others, ts)):
                 tr = batch.cur_from_prev[:, t].to(bev_cur.device)  # already between BEV-augmented frames
                 other_bev[i] = align_bev(bevs[:, j].to(bev_cur.dtype), tr, self.cfg.encoder.pc_range)
-                valid[:, i] = True if valid_prev is None else valid_prev[:, t].to(bev_cur.device).bool()
+                valid[:, i] = valid_prev[:, t].to(bev_cur.device).bool()
         for i, o in enumerate(offsets):
             if o == 0:
                 frames.append(bev_cur)
@@ -145,7 +130,7 @@ class BEVFormerV2(nn.Module):
     def _from_history(self, batch, cur, offset, bev_cur, bev_aug, history, valid_col) -> torch.Tensor:
         """Aligned past BEVs from ``history`` for one offset (zeros and invalid where unavailable)."""
         out = torch.zeros_like(bev_cur)
-        if history is None or offset > 0 or getattr(batch, "ego2global", None) is None:
+        if history is None or offset > 0:
             return out
         for b, scene in enumerate(batch.scene_token):
             m = history.aligned(scene, -offset, batch.ego2global[b, cur], bev_aug[b], self.cfg.encoder.pc_range)
@@ -208,7 +193,7 @@ class BEVFormerV2(nn.Module):
             keep = labels >= 0
             gt_boxes.append(batch.gt_boxes[b].to(dev).float()[keep])
             gt_labels.append(labels[keep])
-            attrs = batch.gt_attrs[b].to(dev).long() if getattr(batch, "gt_attrs", None) is not None else -torch.ones_like(labels)
+            attrs = batch.gt_attrs[b].to(dev).long()
             gt_attrs.append(attrs[keep])
         bev_terms = self.criterion(out, gt_boxes, gt_labels, gt_attrs)
         losses = {f"bev.{k}": v for k, v in bev_terms.items()}
@@ -230,10 +215,9 @@ class BEVFormerV2(nn.Module):
         ``labels [K]``, ``attrs [K]`` (-1 none), ``K <= max_detections``. ``history`` (eval) supplies
         and receives single-frame BEVs of earlier calls, keyed by scene."""
         out, _, _, cur, bev_cur = self._run(batch, history)
-        B = bev_cur.shape[0]
-        bev_aug = getattr(batch, "bev_aug", None)
-        if history is not None and getattr(batch, "ego2global", None) is not None:
-            aug = _bev_aug(batch, B, bev_cur.device)
+        bev_aug = batch.bev_aug
+        if history is not None:
+            aug = bev_aug.to(bev_cur.device).float()
             for b, scene in enumerate(batch.scene_token):
                 history.push(scene, batch.ego2global[b, cur], aug[b], bev_cur[b])
         return postprocess(out["cls"][-1], out["codes"][-1], out["attr"][-1], self.coder, bev_aug,
@@ -257,7 +241,7 @@ class BEVFormerV2(nn.Module):
         feats = self.image_features(batch.imgs[:, cur].flatten(0, 1))
         preds, loc = self._perspective(feats, batch, cur)
         props = self._proposals(preds, loc, batch, cur, B)
-        aug = getattr(batch, "bev_aug", None)
+        aug = batch.bev_aug
         out = []
         for b in range(B):
             kept = props["kept"][b]
@@ -277,9 +261,3 @@ class BEVFormerV2(nn.Module):
         """``forward_train`` in training mode, ``predict`` otherwise (for engines that call ``model(batch)``)."""
         return self.forward_train(batch) if self.training else self.predict(batch)
 
-
-def _bev_aug(batch, B: int, device) -> torch.Tensor:
-    aug = getattr(batch, "bev_aug", None)
-    if aug is None:
-        return torch.eye(4, device=device).expand(B, 4, 4)
-    return aug.to(device).float()

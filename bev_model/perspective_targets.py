@@ -181,12 +181,11 @@ def build_perspective_targets(batch, frame: int, loc: Locations, image_hw: tuple
         :class:`PerspectiveTargets` over ``B * N`` images (sample-major).
     """
     per = []
-    num_pts = getattr(batch, "gt_num_pts", None)
-    vis = getattr(batch, "gt_visibility", None)
+    num_pts, vis = batch.gt_num_pts, batch.gt_visibility
     for b in range(len(batch.gt_boxes)):
         boxes = batch.gt_boxes[b].float()
         labels = batch.gt_labels[b].long()
-        attrs = batch.gt_attrs[b].long() if getattr(batch, "gt_attrs", None) is not None else torch.full_like(labels, -1)
+        attrs = batch.gt_attrs[b].long()
         keep = filter_gt(labels, None if num_pts is None else num_pts[b], None if vis is None else vis[b], cfg)
         per.append(_sample_targets(boxes, labels, attrs, keep, batch.ego2img[b, frame], batch.intrinsics[b, frame],
                                    image_hw, loc, cfg, num_classes))

@@ -12,6 +12,7 @@ current frame; the stack ``[B, C * F, H, W]`` goes through a residual conv block
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -159,3 +160,17 @@ class BEVHistory:
         cfp = torch.linalg.inv(ego2global_cur.double().cpu()) @ e.ego2global
         t = augmented_transform(cfp, bev_aug_cur.double().cpu(), e.bev_aug).to(e.bev.device)
         return align_bev(e.bev[None], t[None], pc_range)[0]
+
+
+@contextmanager
+def eval_mode(modules: list[nn.Module]):
+    """Temporarily put modules in eval mode: earlier frames are encoded without dropout and with frozen BN
+    statistics (they run under ``no_grad``; only the current frame trains)."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)

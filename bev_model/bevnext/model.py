@@ -17,7 +17,6 @@ pipeline fills a window at a scene start.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 from ..backbone import Backbone
 from ..config import NeckConfig
 from ..neck import FPNNeck
+from ..temporal import eval_mode
 from .bev import BEVEncoder, PreBEV
 from .config import BEVNeXtConfig
 from .depth import DepthNet, MeanFieldCRF, camera_params, depth_loss, depth_targets, patch_colours
@@ -44,16 +44,6 @@ STAGE2_DROP = ("bev_encoder.", "proposal_head.", "refine.", "reg_head.")
 """Key prefixes stage 2 discards from the stage-1 weights (the BEV encoder and the heads), as the paper."""
 
 
-@contextmanager
-def _eval_mode(modules: list[nn.Module]):
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 @dataclass
@@ -170,8 +160,7 @@ class BEVNeXt(nn.Module):
                          f"(offsets {list(offsets)}; set data.offsets to match)")
 
     def _cams(self, batch, t: int) -> torch.Tensor:
-        B = batch.imgs.shape[0]
-        aug = _bev_aug(batch, B, batch.imgs.device)
+        aug = batch.bev_aug.to(batch.imgs.device).float()
         return camera_params(batch.intrinsics[:, t].float(), batch.img_aug[:, t].float(), aug,
                              batch.cam2ego[:, t].float())
 
@@ -186,7 +175,7 @@ class BEVNeXt(nn.Module):
         offsets = self.cfg.temporal.offsets
         past = list(reversed(offsets[:-1]))  # newest past first
         if past:
-            with torch.no_grad(), _eval_mode([self.backbone, self.neck, self.depth_net, self.pre_bev]):
+            with torch.no_grad(), eval_mode([self.backbone, self.neck, self.depth_net, self.pre_bev]):
                 if T == len(offsets):
                     for t in range(T - 2, -1, -1):
                         d, c = self.depth_and_context(imgs[:, t], self._cams(batch, t))
@@ -205,9 +194,9 @@ class BEVNeXt(nn.Module):
     def _history_frames(self, batch, history, past, depth, context, e2i_cur, image_hw, bev_cur) -> list[torch.Tensor]:
         """Past frames of a T == 1 batch from ``history``, re-lifted into the current frame (newest first)."""
         B, N = e2i_cur.shape[:2]
-        if history is None or getattr(batch, "ego2global", None) is None:
+        if history is None:
             return [bev_cur] * len(past)
-        aug = _bev_aug(batch, B, e2i_cur.device)
+        aug = batch.bev_aug.to(e2i_cur.device).float()
         out = []
         for o in past:
             maps = []
@@ -227,7 +216,7 @@ class BEVNeXt(nn.Module):
     # ------------------------------------------------------------------ API
 
     def _check_points(self, batch) -> list[torch.Tensor]:
-        pts = getattr(batch, "points", None)
+        pts = batch.points
         if pts is None or any(p is None for p in pts):
             raise ValueError(
                 "BEVNeXt (model config BEVNeXtConfig, preset bevnext_*) trains with LiDAR depth supervision "
@@ -250,7 +239,7 @@ class BEVNeXt(nn.Module):
             keep = lab >= 0
             boxes.append(batch.gt_boxes[b].to(dev).float()[keep])
             labels.append(lab[keep])
-            at = batch.gt_attrs[b].to(dev).long() if getattr(batch, "gt_attrs", None) is not None else -torch.ones_like(lab)
+            at = batch.gt_attrs[b].to(dev).long()
             attrs.append(at[keep])
         t = center_targets(boxes, labels, attrs, self.grid, cfg.num_classes, cfg.head.gaussian_overlap,
                            cfg.head.min_radius)
@@ -276,8 +265,8 @@ class BEVNeXt(nn.Module):
         ``labels [K]``, ``attrs [K]`` (-1 none). ``history`` (T == 1 batches) supplies and receives past frames."""
         out = self._run(batch, history)
         B = out["heat"].shape[0]
-        if history is not None and getattr(batch, "ego2global", None) is not None:
-            aug = _bev_aug(batch, B, out["heat"].device)
+        if history is not None:
+            aug = batch.bev_aug.to(out["heat"].device).float()
             N = batch.imgs.shape[2]
             depth = out["depth"].view(B, N, *out["depth"].shape[1:])
             context = out["context"].view(B, N, *out["context"].shape[1:])
@@ -285,7 +274,7 @@ class BEVNeXt(nn.Module):
                 history.push(scene, _Frame(batch.ego2global[b, out["cur"]].double().cpu(), aug[b].double().cpu(),
                                            batch.ego2img[b, out["cur"]].float(), depth[b], context[b]))
         return decode(out["heat"].float(), {k: v.float() for k, v in out["reg"].items()}, self.grid, self.cfg,
-                      getattr(batch, "bev_aug", None))
+                      batch.bev_aug)
 
     def new_history(self) -> FrustumHistory:
         return FrustumHistory(max_frames=-min(self.cfg.temporal.offsets))
@@ -294,9 +283,3 @@ class BEVNeXt(nn.Module):
         """``forward_train`` in training mode, ``predict`` otherwise (for engines that call ``model(batch)``)."""
         return self.forward_train(batch) if self.training else self.predict(batch)
 
-
-def _bev_aug(batch, B: int, device) -> torch.Tensor:
-    aug = getattr(batch, "bev_aug", None)
-    if aug is None:
-        return torch.eye(4, device=device).expand(B, 4, 4)
-    return aug.to(device).float()

@@ -31,7 +31,7 @@ def gt_lists(batch, device) -> tuple[list[torch.Tensor], list[torch.Tensor], lis
         keep = lab >= 0
         boxes.append(batch.gt_boxes[b].to(device).float()[keep])
         labels.append(lab[keep])
-        a = batch.gt_attrs[b].to(device).long() if getattr(batch, "gt_attrs", None) is not None else -torch.ones_like(lab)
+        a = batch.gt_attrs[b].to(device).long()
         attrs.append(a[keep])
     return boxes, labels, attrs
 
@@ -65,7 +65,7 @@ class LidarDetector(nn.Module):
     def outputs(self, batch) -> dict[str, torch.Tensor]:
         """``bev [B, C, H, W]`` (the FPN output, before the head), the head's ``cls/codes/attr [Ly, B, Q, .]``,
         and with the heatmap head ``shared [B, S, H, W]`` and ``heatmap [B, num_classes, H, W]`` logits."""
-        points = getattr(batch, "points", None)
+        points = batch.points
         if points is None:
             raise ValueError("the LiDAR teacher needs batch.points (data.load_points: true)")
         dev = next(self.parameters()).device
@@ -95,7 +95,7 @@ class LidarDetector(nn.Module):
         """Detections per sample: ``boxes [K, 9]`` (current ego frame, bev_aug undone), ``scores``, ``labels``, ``attrs``."""
         out = self.outputs(batch)
         return postprocess(out["cls"][-1], out["codes"][-1], out["attr"][-1], self.coder,
-                           getattr(batch, "bev_aug", None), self.cfg.head.max_detections)
+                           batch.bev_aug, self.cfg.head.max_detections)
 
     def new_history(self) -> None:
         """Single-frame: no state across frames."""
