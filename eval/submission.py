@@ -171,7 +171,11 @@ def _validate_box(token: str, i: int, box: Any) -> None:
         raise SubmissionError(f"{where}: sample_token {box.get('sample_token')!r} differs from its key")
     _finite_list(box, "translation", 3, where)
     _finite_list(box, "size", 3, where)
+    if min(box["size"]) <= 0:
+        raise SubmissionError(f"{where}: size {box['size']} must be positive (w, l, h in metres)")
     _finite_list(box, "rotation", 4, where)
+    if math.fsum(float(q) * float(q) for q in box["rotation"]) < 1e-12:
+        raise SubmissionError(f"{where}: rotation {box['rotation']} is not a rotation (zero quaternion)")
     _finite_list(box, "velocity", 2, where, allow_nan=True)
     name = box.get("detection_name")
     if name not in CLASSES:
@@ -198,12 +202,14 @@ def load_submission(path: str | Path) -> dict:
     """Read a submission JSON file (not validated; see :func:`validate_submission`)."""
     path = Path(path)
     try:
-        with path.open() as f:
+        with path.open(encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError as e:
         raise SubmissionError(f"submission file {path} does not exist") from e
-    except json.JSONDecodeError as e:
-        raise SubmissionError(f"submission file {path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SubmissionError(f"submission file {path} is not valid UTF-8 JSON: {e}") from e
+    except RecursionError as e:
+        raise SubmissionError(f"submission file {path} is nested too deeply to be a submission") from e
 
 
 def write_submission(submission: Mapping, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ import pytest
 from eval.submission import (
     MAX_BOXES_PER_SAMPLE,
     SubmissionError,
+    load_submission,
     make_submission,
     sample_results,
     to_eval_boxes,
@@ -109,6 +110,8 @@ def test_missing_sample_tokens_are_named():
         (("results", "s1", 0, "translation"), [1.0, 2.0], "'translation' must be a list of 3 numbers"),
         (("results", "s1", 0, "rotation"), [1.0, 0.0, float("nan"), 0.0], "'rotation' has a non-finite value"),
         (("results", "s1", 0, "sample_token"), "s2", "differs from its key"),
+        (("results", "s1", 0, "size"), [1.0, 0.0, 1.5], r"size \[1.0, 0.0, 1.5\] must be positive"),
+        (("results", "s1", 0, "rotation"), [0.0, 0.0, 0.0, 0.0], "zero quaternion"),
     ],
 )
 def test_malformed_boxes_get_clear_errors(path, value, message):
@@ -130,3 +133,15 @@ def test_valid_submission_loads_into_devkit_boxes():
     eb = to_eval_boxes(sub, ["s3", "s1"])
     assert eb.sample_tokens == ["s3", "s1"]
     assert len(eb["s1"]) == 5 and eb["s1"][0].detection_name in CLASSES
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"meta": "\xff\xfe"}', "not valid UTF-8 JSON"),
+])
+def test_unreadable_submission_files_are_named(tmp_path, content, message):
+    path = tmp_path / "results.json"
+    path.write_bytes(content)
+    with pytest.raises(SubmissionError, match=message) as e:
+        load_submission(path)
+    assert str(path) in str(e.value)
