@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,31 +24,12 @@ sys.path.insert(0, str(ROOT))
 from pipeline import LoaderConfig, build_loader  # noqa: E402
 from tests.servers import http_server  # noqa: E402
 
-SPLIT = "mini_train"
-VERSION = "v1.0-mini"
-
 
 def prepare(work: Path, scenes: int, frames: int) -> Path:
-    """Synthetic 1600x900 dataroot and its shards (cached); returns the shard directory."""
-    from shards.build import build_shards
-    from shards.schema import SCHEMA_VERSION
-    from shards.synth import synthesize
+    """The input benchmark's synthetic 1600x900 world, in 8 MB shards (cached under ``work``)."""
+    from benchmarks.bench_pipeline import prepare as prepare_world
 
-    root = work / "synth1600"
-    done = root / ".complete"
-    if not done.exists() or done.read_text() != f"{scenes} {frames}":
-        if root.exists():
-            shutil.rmtree(root)
-        print(f"synthesizing {scenes} scene(s) per split x {frames} frames at 1600x900 ...", flush=True)
-        synthesize(root, VERSION, scenes=scenes, frames_per_scene=frames, image_size=(1600, 900), seed=0)
-        done.write_text(f"{scenes} {frames}")
-    out = work / "shards" / SPLIT
-    man = out / "manifest.json"
-    if not man.exists() or json.loads(man.read_text()).get("schema_version") != SCHEMA_VERSION:
-        if out.exists():
-            shutil.rmtree(out)
-        build_shards(root, VERSION, SPLIT, out, clip_frames=frames, max_shard_mb=8.0, progress=False)
-    return out
+    return prepare_world(work, scenes, frames, max_shard_mb=8.0)[1]
 
 
 def run_once(url: str, verify: bool, workers: int) -> tuple[float, int]:

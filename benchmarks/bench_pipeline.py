@@ -45,8 +45,9 @@ SPLIT = "mini_train"
 VERSION = "v1.0-mini"
 
 
-def prepare(work: Path, scenes: int, frames: int) -> tuple[Path, Path]:
-    """Synthetic dataroot at 1600x900 and its mini_train shards (cached)."""
+def prepare(work: Path, scenes: int, frames: int, max_shard_mb: float = 1.0) -> tuple[Path, Path]:
+    """Synthetic dataroot at 1600x900 and its mini_train shards (cached; ``benchmarks/bench_checksums.py`` uses it
+    too, with larger shards in another ``work`` folder)."""
     from shards.build import build_shards
     from shards.synth import synthesize
 
@@ -65,7 +66,7 @@ def prepare(work: Path, scenes: int, frames: int) -> tuple[Path, Path]:
     if not man.exists() or json.loads(man.read_text()).get("schema_version") != SCHEMA_VERSION:
         if out.exists():
             shutil.rmtree(out)
-        build_shards(root, VERSION, SPLIT, out, clip_frames=frames, max_shard_mb=1.0, progress=False)
+        build_shards(root, VERSION, SPLIT, out, clip_frames=frames, max_shard_mb=max_shard_mb, progress=False)
     return root, out
 
 
