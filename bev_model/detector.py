@@ -187,14 +187,7 @@ class BEVFormerV2(nn.Module):
         """
         out, preds, loc, cur, _ = self._run(batch, None)
         dev = out["cls"].device
-        gt_boxes, gt_labels, gt_attrs = [], [], []
-        for b in range(len(batch.gt_boxes)):
-            labels = batch.gt_labels[b].to(dev).long()
-            keep = labels >= 0
-            gt_boxes.append(batch.gt_boxes[b].to(dev).float()[keep])
-            gt_labels.append(labels[keep])
-            attrs = batch.gt_attrs[b].to(dev).long()
-            gt_attrs.append(attrs[keep])
+        gt_boxes, gt_labels, gt_attrs = batch.detection_targets(dev)
         bev_terms = self.criterion(out, gt_boxes, gt_labels, gt_attrs)
         losses = {f"bev.{k}": v for k, v in bev_terms.items()}
         total = self.cfg.lambda_bev * sum(bev_terms.values())

@@ -233,14 +233,7 @@ class BEVNeXt(nn.Module):
         tgt_depth = depth_targets(points, batch.ego2img[:, cur].float(), out["image_hw"], cfg.depth)
         l_depth = depth_loss(out["depth"], tgt_depth.flatten(0, 1), cfg.depth.loss_weight)
         dev = out["heat"].device
-        boxes, labels, attrs = [], [], []
-        for b in range(len(batch.gt_boxes)):
-            lab = batch.gt_labels[b].to(dev).long()
-            keep = lab >= 0
-            boxes.append(batch.gt_boxes[b].to(dev).float()[keep])
-            labels.append(lab[keep])
-            at = batch.gt_attrs[b].to(dev).long()
-            attrs.append(at[keep])
+        boxes, labels, attrs = batch.detection_targets(dev)
         t = center_targets(boxes, labels, attrs, self.grid, cfg.num_classes, cfg.head.gaussian_overlap,
                            cfg.head.min_radius)
         l_heat = gaussian_focal_loss(out["heat"], t["heatmap"])

@@ -34,7 +34,7 @@ from shards.contracts.checkpoint import CheckpointError, read_weights
 from ..bev_grid import BEVGrid
 from ..detector import BEVFormerV2
 from ..lidar.centerpoint import HeatmapHead, foreground_mask, gaussian_focal_loss, heatmap_targets
-from ..lidar.detector import LidarDetector, gt_lists
+from ..lidar.detector import LidarDetector
 from .config import DistillConfig
 from .losses import InstanceDistill, box_distill_loss, dense_feature_loss, teacher_topk
 
@@ -111,7 +111,7 @@ class BEVDistill(BEVFormerV2):
         dev = bev.device
         with torch.no_grad():
             t_out = self.teacher(dev).outputs(batch)
-        gt_boxes, gt_labels, _ = gt_lists(batch, dev)
+        gt_boxes, gt_labels, _ = batch.detection_targets(dev)
         terms: dict[str, torch.Tensor] = {}
         if "heatmap" in self.distill:
             shared, heat = self.distill["heatmap"](bev)

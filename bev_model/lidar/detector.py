@@ -23,19 +23,6 @@ from .pillars import PillarEncoder
 from .second import SecondFPN
 
 
-def gt_lists(batch, device) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """The batch's GT boxes ``[G, 9]``, labels ``[G]``, attrs ``[G]`` per sample on ``device`` (ignored labels dropped)."""
-    boxes, labels, attrs = [], [], []
-    for b in range(len(batch.gt_boxes)):
-        lab = batch.gt_labels[b].to(device).long()
-        keep = lab >= 0
-        boxes.append(batch.gt_boxes[b].to(device).float()[keep])
-        labels.append(lab[keep])
-        a = batch.gt_attrs[b].to(device).long()
-        attrs.append(a[keep])
-    return boxes, labels, attrs
-
-
 class LidarDetector(nn.Module):
     """Build with :func:`bev_model.build_model` from a :class:`LidarConfig`."""
 
@@ -79,7 +66,7 @@ class LidarDetector(nn.Module):
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
         """``{"loss": total, "bev.<term>": ..., "aux.heatmap": ...}`` (scalars)."""
         out = self.outputs(batch)
-        boxes, labels, attrs = gt_lists(batch, out["cls"].device)
+        boxes, labels, attrs = batch.detection_targets(out["cls"].device)
         terms = {f"bev.{k}": v for k, v in self.criterion(out, boxes, labels, attrs).items()}
         total = sum(terms.values())
         if self.heatmap is not None:

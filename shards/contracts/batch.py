@@ -56,6 +56,18 @@ class Batch:
     def batch_size(self) -> int:
         return int(self.imgs.shape[0])
 
+    def detection_targets(self, device: torch.device | str) -> tuple[list, list, list]:
+        """Per sample, the GT every detector trains on, on ``device``: boxes ``[G, 9]`` float32, labels ``[G]`` and
+        attrs ``[G]`` int64, with the boxes of non-detection categories (label -1) dropped."""
+        boxes, labels, attrs = [], [], []
+        for b in range(len(self.gt_boxes)):
+            lab = self.gt_labels[b].to(device).long()
+            keep = lab >= 0
+            boxes.append(self.gt_boxes[b].to(device).float()[keep])
+            labels.append(lab[keep])
+            attrs.append(self.gt_attrs[b].to(device).long()[keep])
+        return boxes, labels, attrs
+
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """Copy every tensor to ``device`` (non-blocking; pin the source for async copies)."""
 
