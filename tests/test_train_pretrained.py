@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 from bev_model import build_model, get_preset
@@ -35,46 +34,6 @@ def test_random_backbone_ignores_frozen_stages_and_norm_eval_with_a_warning(capl
     bb.train()
     assert _bn_modes(bb) == {True}
     assert "random weights" in caplog.text and "frozen_stages=1" in caplog.text
-
-
-def test_loaded_weights_freeze_the_stem_and_first_stage_and_keep_bn_in_eval(tmp_path):
-    src = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path / "resnet18.pt"
-    torch.save(src.state_dict(), path)
-    bb = Backbone(BackboneConfig(name="resnet18", weights=path, frozen_stages=1, norm_eval=True))
-    assert not any(p.requires_grad for p in bb.body.conv1.parameters())
-    assert not any(p.requires_grad for p in bb.body.layer1.parameters())
-    assert all(p.requires_grad for p in bb.body.layer2.parameters())
-    bb.train()
-    assert _bn_modes(bb) == {False}
-
-
-# tensor names of mmdet's ResNet-50 (mmdet/models/backbones/resnet.py: conv1/bn1 stem, Bottleneck conv1-3/bn1-3,
-# downsample.0 conv + downsample.1 norm) as they appear in FCOS / FCOS3D / BEVFormer v2 checkpoints
-MMDET_R50_NAMES = ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
-                   "layer1.0.conv1.weight", "layer1.0.bn1.weight", "layer1.0.conv3.weight", "layer1.0.bn3.running_var",
-                   "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight", "layer1.0.downsample.1.running_mean",
-                   "layer2.3.conv2.weight", "layer3.5.bn2.bias", "layer4.2.conv3.weight", "layer4.0.downsample.0.weight"]
-
-
-@pytest.mark.parametrize("prefix, wrapper", [("backbone.", "state_dict"), ("img_backbone.", "state_dict"),
-                                             ("module.img_backbone.", None)])
-def test_mmdet_named_checkpoint_loads_into_the_backbone(tmp_path, prefix, wrapper):
-    gen = torch.Generator().manual_seed(0)
-    shapes = {k: v.shape for k, v in timm.create_model("resnet50", pretrained=False).state_dict().items()
-              if not k.startswith("fc.")}
-    assert set(MMDET_R50_NAMES) <= set(shapes)  # mmdet's names are timm's names
-    theirs = {prefix + k: torch.randn(s, generator=gen) if s else torch.tensor(3) for k, s in shapes.items()}
-    theirs[prefix.replace("backbone", "neck") + "lateral_convs.0.conv.weight"] = torch.zeros(256, 512, 1, 1)
-    theirs["pts_bbox_head.cls_branches.0.0.weight"] = torch.zeros(10, 256)
-    blob = {"meta": {"epoch": 24, "mmdet_version": "2.24.0"}, wrapper: theirs} if wrapper else theirs
-    path = tmp_path / "fcos_r50.pth"
-    torch.save(blob, path)
-    bb = Backbone(BackboneConfig(name="resnet50", weights=path, frozen_stages=1, norm_eval=True))
-    own = bb.body.state_dict()
-    for name in MMDET_R50_NAMES:
-        torch.testing.assert_close(own[name], theirs[prefix + name])
-    assert bb.pretrained and not any(p.requires_grad for p in bb.body.layer1.parameters())
 
 
 def test_backbone_weights_that_are_not_weights_are_named(tmp_path):
