@@ -52,6 +52,7 @@ def bev_pool_v2(
     interval_starts: torch.Tensor,
     interval_lengths: torch.Tensor,
     backend: str = "auto",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """BEVPoolv2 voxel pooling (BEVDet's signature).
 
@@ -64,13 +65,17 @@ def bev_pool_v2(
         bev_feat_shape: ``(B, Z, Y, X, C)``.
         interval_starts, interval_lengths: ``[I]``, exactly the runs of equal ``ranks_bev``.
         backend: ``auto`` | ``reference`` | ``cpu`` | ``triton`` (see the module docstring).
+        check_values: check the index values and the interval layout (the kernels index without bounds checks;
+            this costs a few passes over the points and one host sync). Shapes and dtypes are always checked;
+            pass False only for indices straight from :func:`bev_pool_v2_prepare`.
 
     Returns:
         ``[B, C, Z, Y, X]`` (contiguous) in the promoted dtype of ``depth`` and ``feat``; differentiable in
         ``depth`` and ``feat``. ``bev_pool_v2_prepare`` builds the index tensors from metric frustum points.
     """
     shape = check_bev_pool_inputs(
-        depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_feat_shape, interval_starts, interval_lengths
+        depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_feat_shape, interval_starts, interval_lengths,
+        check_values=check_values,
     )
     which = resolve_backend(backend, depth.device, env_var=BEV_POOL_ENV_VAR)
     if which == "reference":

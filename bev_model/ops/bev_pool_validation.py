@@ -23,8 +23,11 @@ def check_bev_pool_inputs(
     bev_feat_shape,
     interval_starts: torch.Tensor,
     interval_lengths: torch.Tensor,
+    check_values: bool = True,
 ) -> tuple[int, int, int, int, int]:
     """Validate the inputs of ``bev_pool_v2``; return ``bev_feat_shape`` as ints ``(B, Z, Y, X, C)``.
+
+    ``check_values=False`` skips the data-dependent checks (index ranges, interval layout: one host sync).
 
     Raises ``TypeError``/``ValueError`` naming the offending argument, what it is and what was expected.
     """
@@ -96,7 +99,8 @@ def check_bev_pool_inputs(
                 f"interval_starts/interval_lengths must be the runs of ranks_bev: got {n_int} intervals for {P} points"
             )
         return shape  # type: ignore[return-value]
-    _check_values(ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, limits)
+    if check_values:
+        _check_values(ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, limits)
     return shape  # type: ignore[return-value]
 
 
