@@ -97,5 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_after_error(rc: int) -> None:
+    """Leave a failed run without interpreter teardown: the message is already printed, nothing is left to save,
+    and tearing down a live gloo process group (and DeepSpeed's threads) at exit can abort the process
+    ("terminate called without an active exception", SIGABRT), which would hide the exit code 2 from the launcher."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # the group may already be broken; the exit code is what matters
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code:
+        _exit_after_error(code)
+    sys.exit(code)
