@@ -49,6 +49,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(tp)}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and value not in args:
+            # YAML 1.1 reads a bare on/off/yes/no as a bool: `crf=off` means the choice spelled "off"
+            spelled = [a for a in args if isinstance(a, str)
+                       and a.lower() in (("true", "yes", "on") if value else ("false", "no", "off"))]
+            if len(spelled) == 1:
+                return spelled[0]
         if value not in args:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
         return value

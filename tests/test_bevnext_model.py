@@ -49,6 +49,16 @@ def test_config_errors_name_the_key():
         model_config_from_dict({"preset": "bevnext_tiny", "depth": {"crf": "sometimes"}})
 
 
+def test_a_bare_crf_off_on_the_command_line_means_off(tmp_path):
+    """YAML 1.1 reads `model.depth.crf=off` as false: it is the `off` mode, not an error."""
+    from train.config import load_train_config
+
+    (tmp_path / "train").mkdir()
+    cfg = load_train_config(Path("configs/bevnext_tiny_stage1.yaml"), [f"data.shards={tmp_path / 'train'}",
+                                                                        "model.depth.crf=off"])
+    assert cfg.model_config().depth.crf == "off"
+
+
 def test_train_losses_and_predict_contract():
     torch.manual_seed(0)
     model = build_model(small())

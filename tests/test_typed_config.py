@@ -55,6 +55,18 @@ def test_bad_values_name_the_key(data, needle):
         from_dict(Outer, data)
 
 
+@dataclass
+class Switch:
+    crf: Literal["off", "faithful", "active"] = "faithful"
+    power: Literal["on", "off"] = "on"
+
+
+def test_a_bare_on_or_off_that_yaml_read_as_a_bool_is_the_literal_choice_spelled_so():
+    assert from_dict(Switch, {"crf": False, "power": True}) == Switch(crf="off", power="on")
+    with pytest.raises(ConfigError, match="config key 'crf': True"):  # no choice is spelled on/yes/true
+        from_dict(Switch, {"crf": True})
+
+
 def test_yaml_file_with_overrides_round_trips(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("name: run\ninner:\n  size: [5, 6]\n")
