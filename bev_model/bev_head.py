@@ -126,7 +126,8 @@ class BEVHead(nn.Module):
         nn.init.zeros_(self.ref_points.bias)
 
     def encode_proposals(self, proposals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Proposals (``boxes [B, K, 9]``, ``cls_prob [B, K, C]``) -> (content, pos ``[B, K, C]``, ref ``[B, K, 3]``)."""
+        """Proposals (``boxes [B, K, 9]``, ``cls_prob [B, K, C]``, optional ``content [B, K, C]`` added to the encoded
+        content: the LiDAR teacher's BEV feature at its heatmap peak) -> (content, pos ``[B, K, C]``, ref ``[B, K, 3]``)."""
         boxes = proposals["boxes"].detach().float()
         ref = self.coder.normalize_xyz(boxes[..., :3]).clamp(1e-3, 1 - 1e-3)
         codes = self.coder.encode(boxes)
@@ -134,7 +135,10 @@ class BEVHead(nn.Module):
                            proposals["cls_prob"].detach().float()], -1)
         dtype = self.proposal_content[0].weight.dtype
         feats = torch.nan_to_num(feats).to(dtype)
-        return self.proposal_content(feats), self.proposal_pos(ref.to(dtype)), ref
+        content = self.proposal_content(feats)
+        if "content" in proposals:
+            content = content + proposals["content"].to(dtype)
+        return content, self.proposal_pos(ref.to(dtype)), ref
 
     def proposal_anchors(self, proposals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``hybrid_box_init`` anchors of the proposals: ``code [B, K, 7]`` to add to codes 3..9 and ``logit [B, K, C]``

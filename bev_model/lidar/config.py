@@ -130,8 +130,13 @@ class LidarConfig:
         if self.embed_dims % self.head.num_heads:
             raise ConfigError(f"config key 'head.num_heads' ({self.head.num_heads}) must divide embed_dims "
                               f"({self.embed_dims})")
-        if self.head.hybrid and self.head.num_hybrid > 0:
-            raise ConfigError("config key 'head.num_hybrid': the LiDAR teacher has no first stage (set 0)")
+        if self.head.hybrid != "none":
+            if not self.heatmap.enabled:
+                raise ConfigError(f"config key 'head.hybrid': {self.head.hybrid!r} places queries on the CenterPoint "
+                                  "heatmap's peaks, which needs 'heatmap.enabled: true' (or set head.hybrid: none)")
+            if self.head.num_hybrid < 1:
+                raise ConfigError(f"config key 'head.num_hybrid' ({self.head.num_hybrid}) must be >= 1 with "
+                                  f"head.hybrid {self.head.hybrid!r}")
         if len(self.head.code_weights) != 10:
             raise ConfigError(f"config key 'head.code_weights' needs 10 entries, got {len(self.head.code_weights)}")
         if self.head.group_detr < 1:

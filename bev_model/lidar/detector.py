@@ -1,26 +1,35 @@
 """The LiDAR teacher: pillars -> SECOND + FPN (the student's BEV grid) -> BEV head (+ CenterPoint heatmap).
 
 The head is the camera student's :class:`bev_model.bev_head.BEVHead` (Deformable-DETR decoder with iterative
-refinement, learned queries only) with its :class:`SetCriterion` and :class:`BoxCoder`, so boxes are coded,
-matched, scored and decoded exactly as the student's. ``forward_train(batch) -> {"loss", "bev.<term>",
+refinement) with its :class:`SetCriterion` and :class:`BoxCoder`, so boxes are coded, matched, scored and decoded
+exactly as the student's. Its queries: ``head.num_queries`` learned ones plus, with ``head.hybrid`` other than
+``none``, ``head.num_hybrid`` placed on the CenterPoint heatmap's best peaks
+(:func:`bev_model.lidar.centerpoint.heatmap_proposals`; content = the BEV feature at the peak, as TransFusion's
+queries; ``anchor``: the peak's class probabilities are the query's starting scores). Learned queries alone
+(``hybrid: none``) trained too slowly to make a teacher (docs/experiments.md, 2026-12-02). ``forward_train(batch) -> {"loss", "bev.<term>",
 "aux.heatmap"}``; ``predict(batch) -> [{"boxes", "scores", "labels", "attrs"}]`` in the un-augmented ego frame;
 :meth:`LidarDetector.outputs` gives the distillation everything at once.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ..bev_grid import BEVGrid
-from ..bev_head import BEVHead
+from ..bev_head import CODE_PRIOR, BEVHead
 from ..box_coder import BoxCoder
 from ..losses import SetCriterion
 from ..postprocess import postprocess
-from .centerpoint import HeatmapHead, gaussian_focal_loss, heatmap_targets
+from .centerpoint import HeatmapHead, gaussian_focal_loss, heatmap_proposals, heatmap_targets
 from .config import LidarConfig
 from .pillars import PillarEncoder
 from .second import SecondFPN
+
+PRIOR_SIZE = tuple(math.exp(c) for c in CODE_PRIOR[:3])
+"""``(l, w, h)`` of a heatmap proposal's box: the size the head's regression branches start from."""
 
 
 class LidarDetector(nn.Module):
@@ -37,7 +46,8 @@ class LidarDetector(nn.Module):
         self.pillars = PillarEncoder(pillar_grid, cfg.pillar.channels, cfg.pillar.max_points)
         self.backbone = SecondFPN(cfg.pillar.channels, cfg.backbone, s, cfg.embed_dims)
         self.coder = BoxCoder(g.pc_range)
-        self.head = BEVHead(cfg.embed_dims, cfg.head, self.coder, cfg.num_classes, cfg.num_attrs, False, cfg.attn_backend)
+        self.head = BEVHead(cfg.embed_dims, cfg.head, self.coder, cfg.num_classes, cfg.num_attrs,
+                            cfg.head.hybrid != "none", cfg.attn_backend)
         self.criterion = SetCriterion(cfg.head, self.coder, cfg.num_classes)
         self.heatmap = (HeatmapHead(cfg.embed_dims, cfg.heatmap.shared_channels, cfg.num_classes)
                         if cfg.heatmap.enabled else None)
@@ -57,10 +67,13 @@ class LidarDetector(nn.Module):
             raise ValueError("the LiDAR teacher needs batch.points (data.load_points: true)")
         dev = next(self.parameters()).device
         bev = self.bev_features([p.to(dev) for p in points])
-        out = dict(self.head(bev))
-        out["bev"] = bev
+        out: dict[str, torch.Tensor] = {"bev": bev}
+        proposals = None
         if self.heatmap is not None:
             out["shared"], out["heatmap"] = self.heatmap(bev)
+            if self.cfg.head.hybrid != "none":
+                proposals = heatmap_proposals(out["heatmap"], bev, self.grid, self.cfg.head.num_hybrid, PRIOR_SIZE)
+        out.update(self.head(bev, proposals))
         return out
 
     def forward_train(self, batch) -> dict[str, torch.Tensor]:
