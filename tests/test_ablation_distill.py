@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from train.ablation import summarize
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,6 +43,6 @@ def test_summary_pairs_runs_by_seed(abl):
     m = lambda nds: {"NDS": nds, "mAP": 0.1, "mATE": 1.0, "mAOE": 1.0, "mAVE": 1.0}  # noqa: E731
     runs = [{"variant": "student", "seed": 0, "metrics": m(0.10)}, {"variant": "all", "seed": 0, "metrics": m(0.15)},
             {"variant": "student", "seed": 1, "metrics": m(0.20)}, {"variant": "all", "seed": 1, "metrics": m(0.21)}]
-    s = abl.summarize(runs)
-    assert s["paired"]["all-student"]["NDS"]["mean"] == pytest.approx(0.03)
+    s = summarize(runs, abl.PAIRS, abl.COLUMNS)
+    assert s["pairs"]["all - student"]["NDS"]["mean"] == pytest.approx(0.03)
     assert s["variants"]["student"]["NDS"]["mean"] == pytest.approx(0.15)
