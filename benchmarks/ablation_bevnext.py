@@ -39,14 +39,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from shards.contracts.checkpoint import EMA_WEIGHTS, WEIGHTS
 from train import workflow
-from train.ablation import RunPlan, check_train_shards, finish, run_plan, step_time, summarize
-from train.workflow import ROOT, SPLITS
+from train.ablation import RunPlan, add_run_args, check_train_shards, execute, parse_run_args, step_time
+from train.workflow import SPLITS
 
 TOOL = "ablation_bevnext"
 STAGE1 = "configs/bevnext_tiny_stage1.yaml"
@@ -96,25 +95,10 @@ NOTE = ("(step s: mean wall seconds per optimizer step after start-up, from logs
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "demo_out",
-                    help="world/shards dir (reused when present); runs go to OUT/ablation_bevnext/")
-    ap.add_argument("--steps", type=int, default=200, help="training budget in optimizer steps (every run)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    ap.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                    help="a subset, run in the plan's order")
-    ap.add_argument("--frames-per-scene", type=int, default=30, help="only used when the world is created")
-    ap.add_argument("--image-size", default="640x360", help="only used when the world is created")
-    ap.add_argument("--world-seed", type=int, default=0, help="only used when the world is created")
+    add_run_args(ap, runs_dir=TOOL, steps=200, frames_per_scene=30, variants=list(VARIANTS))
     ap.add_argument("--max-shard-mb", type=float, default=2.0, help="only used when the shards are built")
-    args = ap.parse_args(argv)
-    if args.steps < 1:
-        ap.error("--steps must be >= 1")
-    if args.nproc < 1:
-        ap.error("--nproc must be >= 1")
-    if len(set(args.seeds)) != len(args.seeds):
-        ap.error(f"--seeds has duplicates: {args.seeds}")
-    args.variants = [v for v in VARIANTS if v in args.variants]
+    args = parse_run_args(ap, argv)
+    args.variants = [v for v in VARIANTS if v in args.variants]  # the plan's order: a run after its start
     return args
 
 
@@ -156,26 +140,11 @@ def prepare_data(args: argparse.Namespace, out: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    workflow.header(1, 3, "synthetic world and shards with LiDAR (reused when present)")
-    shards = prepare_data(args, out)
-
-    plan = build_plan(args, out)
-    workflow.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
-                      f"{args.steps} steps each, {args.nproc} rank(s)")
-    runs, failed = run_plan(plan, steps=args.steps, nproc=args.nproc, train_shards=shards["mini_train"],
-                            val_shards=shards["mini_val"], metrics=METRICS,
-                            describe={k: v.text for k, v in VARIANTS.items()}, tool=TOOL,
-                            extra=lambda p: {STEP_S: step_time(p.dir)})
-
-    workflow.header(3, 3, "results")
-    results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc,
-               "configs": {v: VARIANTS[v].config for v in args.variants}, "world": str(out / "world"),
-               "shards": {k: str(v) for k, v in shards.items()}, "runs": runs,
-               "summary": summarize(runs, PAIRS, COLUMNS), "failed": failed}
-    return finish(out / TOOL / "results.json", results, COLUMNS, NOTE, t0, TOOL)
+    return execute(args, "synthetic world and shards with LiDAR (reused when present)",
+                   lambda out: prepare_data(args, out), lambda out: build_plan(args, out), runs_dir=TOOL,
+                   info={"configs": {v: VARIANTS[v].config for v in args.variants}}, metrics=METRICS, columns=COLUMNS,
+                   pairs=PAIRS, describe={k: v.text for k, v in VARIANTS.items()}, note=NOTE, tool=TOOL,
+                   extra=lambda p: {STEP_S: step_time(p.dir)})
 
 
 if __name__ == "__main__":

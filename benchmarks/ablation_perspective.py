@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from train import workflow
-from train.ablation import RunPlan, check_train_shards, finish, run_plan, summarize
-from train.workflow import ROOT, shard_size_mb
+from train.ablation import RunPlan, add_run_args, check_train_shards, execute, parse_run_args
+from train.workflow import shard_size_mb
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "bev_only": ("model.lambda_pers=0.0",),
@@ -67,27 +66,11 @@ NOTE = "(the paper, full nuScenes, R50: perspective + BEV over BEV only = +2.5 t
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "demo_out",
-                    help="world/shards dir (reused when present); runs go to OUT/ablation/")
-    ap.add_argument("--steps", type=int, default=600, help="training budget in optimizer steps (every run)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    ap.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
-    ap.add_argument("--frames-per-scene", type=int, default=40, help="only used when the world is created")
-    ap.add_argument("--image-size", default="640x360", help="only used when the world is created")
-    ap.add_argument("--world-seed", type=int, default=0, help="only used when the world is created")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    add_run_args(ap, runs_dir="ablation", steps=600, frames_per_scene=40, variants=list(VARIANTS))
     ap.add_argument("--config", default="configs/demo.yaml", help="training config shared by every variant")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="extra training-config override applied to every variant (repeatable)")
-    args = ap.parse_args(argv)
-    if args.steps < 1:
-        ap.error("--steps must be >= 1")
-    if args.nproc < 1:
-        ap.error("--nproc must be >= 1")
-    if len(set(args.seeds)) != len(args.seeds):
-        ap.error(f"--seeds has duplicates: {args.seeds}")
-    args.variants = list(dict.fromkeys(args.variants))
-    return args
+    return parse_run_args(ap, argv)
 
 
 def build_plan(args: argparse.Namespace, out: Path) -> list[RunPlan]:
@@ -112,24 +95,10 @@ def prepare_data(args: argparse.Namespace, out: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    workflow.header(1, 3, "synthetic world and shards (reused when present)")
-    shards = prepare_data(args, out)
-
-    plan = build_plan(args, out)
-    workflow.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
-                      f"{args.steps} steps each, {args.nproc} rank(s)")
-    runs, failed = run_plan(plan, steps=args.steps, nproc=args.nproc, train_shards=shards["mini_train"],
-                            val_shards=shards["mini_val"], metrics=METRICS, describe=VARIANT_TEXT, tool="ablation")
-
-    workflow.header(3, 3, "results")
-    results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc,
-               "config": args.config, "extra_overrides": args.overrides, "world": str(out / "world"),
-               "shards": {k: str(v) for k, v in shards.items()}, "runs": runs,
-               "summary": summarize(runs, PAIRS, COLUMNS), "failed": failed}
-    return finish(out / "ablation" / "results.json", results, COLUMNS, NOTE, t0, "ablation")
+    return execute(args, "synthetic world and shards (reused when present)", lambda out: prepare_data(args, out),
+                   lambda out: build_plan(args, out), runs_dir="ablation",
+                   info={"config": args.config, "extra_overrides": args.overrides}, metrics=METRICS, columns=COLUMNS,
+                   pairs=PAIRS, describe=VARIANT_TEXT, note=NOTE, tool="ablation")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,15 @@
 """benchmarks/ablation_distill.py: each variant's overrides give the intended distillation terms, and its
 summary pairs runs by seed (smoke test; the full ablation is not run in CI)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.scripts import ROOT, script_module
 from train.ablation import summarize
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def abl():
-    spec = importlib.util.spec_from_file_location("ablation_distill", ROOT / "benchmarks" / "ablation_distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from script_module("benchmarks/ablation_distill.py")
 
 
 def test_variants_resolve_to_the_intended_terms(abl, tmp_path):

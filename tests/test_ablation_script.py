@@ -3,27 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.scripts import ROOT, script_module
 from train import ablation, workflow
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def abl():
-    spec = importlib.util.spec_from_file_location("ablation_perspective", ROOT / "benchmarks" / "ablation_perspective.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from script_module("benchmarks/ablation_perspective.py")
 
 
 def test_variants_resolve_to_the_intended_models(abl, tmp_path):

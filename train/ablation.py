@@ -4,7 +4,9 @@ and their statistics (mean ± std over seeds, paired same-seed differences), sha
 * :class:`RunPlan`: one run (its config, overrides, the weights file eval scores, the run it starts from);
 * :func:`run_plan`: train (``train.workflow``), evaluate (``python -m eval``), reuse finished runs, resume
   interrupted ones; :func:`step_time`: the mean wall time of an optimizer step from the trainer's JSONL log;
-* :func:`read_metrics`, :func:`mean_std`, :func:`summarize`, :func:`print_tables`, :func:`finish`.
+* :func:`read_metrics`, :func:`mean_std`, :func:`summarize`, :func:`print_tables`, :func:`finish`;
+* :func:`add_run_args` / :func:`parse_run_args` and :func:`execute`: a script's common options and its stages 2-3
+  (the runs, then the results).
 
 A metric is ``(column, key)``: the column printed and the key in eval's ``metrics_summary.json`` (top level, or
 under ``tp_errors``).
@@ -12,6 +14,7 @@ under ``tp_errors``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -270,3 +273,57 @@ def finish(results_path: Path, results: dict[str, Any], columns: Sequence[str], 
         print(f"failed runs: {', '.join(results['failed'])}", file=sys.stderr)
         return 1
     return 0
+
+
+def add_run_args(ap: argparse.ArgumentParser, *, runs_dir: str, steps: int, frames_per_scene: int,
+                 variants: Sequence[str]) -> None:
+    """The options every ablation script takes: ``--out --steps --seeds --nproc --frames-per-scene --image-size
+    --world-seed --variants`` (defaults ``steps``, ``frames_per_scene``, all ``variants``)."""
+    ap.add_argument("--out", type=Path, default=workflow.ROOT / "demo_out",
+                    help=f"world/shards dir (reused when present); runs go to OUT/{runs_dir}/")
+    ap.add_argument("--steps", type=int, default=steps, help="training budget in optimizer steps (every run)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
+    ap.add_argument("--frames-per-scene", type=int, default=frames_per_scene, help="only used when the world is created")
+    ap.add_argument("--image-size", default="640x360", help="only used when the world is created")
+    ap.add_argument("--world-seed", type=int, default=0, help="only used when the world is created")
+    ap.add_argument("--variants", nargs="+", default=list(variants), choices=list(variants))
+
+
+def parse_run_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the :func:`add_run_args` options (``--variants`` without repeats, in the order given)."""
+    args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
+    if args.nproc < 1:
+        ap.error("--nproc must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds has duplicates: {args.seeds}")
+    args.variants = list(dict.fromkeys(args.variants))
+    return args
+
+
+def execute(args: argparse.Namespace, data_text: str, prepare: Callable[[Path], Mapping[str, Path]],
+            build_plan: Callable[[Path], Sequence[RunPlan]], *, runs_dir: str, info: Mapping[str, Any],
+            metrics: Sequence[Metric], columns: Sequence[str], pairs: Sequence[tuple[str, str]],
+            describe: Mapping[str, str], note: str | None, tool: str,
+            extra: Callable[[RunPlan], dict[str, float]] | None = None) -> int:
+    """An ablation script's three stages under ``OUT = args.out``: ``prepare(OUT)`` -> the ``mini_train`` and
+    ``mini_val`` shards (stage 1, ``data_text``); :func:`run_plan` of ``build_plan(OUT)`` (stage 2); then
+    :func:`summarize` and :func:`finish` into ``OUT/runs_dir/results.json`` (the :func:`add_run_args` settings,
+    ``info``, the world and shards, runs, summary and failed runs). Returns the exit status."""
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    workflow.header(1, 3, data_text)
+    shards = prepare(out)
+    plan = build_plan(out)
+    workflow.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
+                      f"{args.steps} steps each, {args.nproc} rank(s)")
+    runs, failed = run_plan(plan, steps=args.steps, nproc=args.nproc, train_shards=shards["mini_train"],
+                            val_shards=shards["mini_val"], metrics=metrics, describe=describe, tool=tool, extra=extra)
+    workflow.header(3, 3, "results")
+    results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc, **info,
+               "world": str(out / "world"), "shards": {k: str(v) for k, v in shards.items()}, "runs": runs,
+               "summary": summarize(runs, pairs, columns), "failed": failed}
+    return finish(out / runs_dir / "results.json", results, columns, note, t0, tool)
