@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from train.ablation import print_tables, read_metrics, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -40,6 +40,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 """Variant -> training-config overrides on top of ``configs/distill_tiny.yaml``."""
 METRICS = (("NDS", "nd_score"), ("mAP", "mean_ap"), ("mATE", "trans_err"), ("mAOE", "orient_err"),
            ("mAVE", "vel_err"))
+COLUMNS = tuple(c for c, _ in METRICS)
+PAIRS = tuple((v, "student") for v in VARIANTS if v != "student")
+"""Paired (same seed) differences ``variant - student``."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,28 +98,7 @@ def _evaluate(run_dir: Path, val: Path) -> dict[str, float]:
     if not (out / "metrics_summary.json").is_file():
         _run([PY, "-m", "eval", "--shards", str(val), "--checkpoint", str(_last_checkpoint(run_dir)), "--out", str(out),
               "--pictures", "0", "--curves", "none"])
-    m = json.loads((out / "metrics_summary.json").read_text())
-    return {c: float(m[k] if k in m else m["tp_errors"][k]) for c, k in METRICS}
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean/std per variant and paired (same seed) differences ``variant - student``."""
-    def ms(v: list[float]) -> dict[str, float]:
-        v = [x for x in v if math.isfinite(x)]
-        return {"mean": statistics.fmean(v) if v else float("nan"),
-                "std": statistics.stdev(v) if len(v) > 1 else float("nan"), "n": len(v)}
-
-    by: dict[str, dict[int, dict[str, float]]] = {}
-    for r in runs:
-        by.setdefault(r["variant"], {})[r["seed"]] = r["metrics"]
-    out: dict[str, Any] = {"variants": {v: {c: ms([m[c] for m in s.values()]) for c, _ in METRICS} for v, s in by.items()},
-                           "paired": {}}
-    for v, per in by.items():
-        if v == "student":
-            continue
-        seeds = sorted(set(per) & set(by.get("student", {})))
-        out["paired"][f"{v}-student"] = {c: ms([per[s][c] - by["student"][s][c] for s in seeds]) for c, _ in METRICS}
-    return out
+    return read_metrics(out / "metrics_summary.json", METRICS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,12 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         results["runs"].append({"variant": r["variant"], "seed": r["seed"],
                                 "metrics": _evaluate(r["dir"], shards / "mini_val")})
         print(f"{r['variant']:>9} seed {r['seed']}: " + "  ".join(f"{k} {v:.4f}" for k, v in results["runs"][-1]["metrics"].items()))
-    results["summary"] = summarize(results["runs"])
+    results["summary"] = summarize(results["runs"], PAIRS, COLUMNS)
     print("teacher: " + "  ".join(f"{k} {v:.4f}" for k, v in results["teacher"].items()))
-    for v, cols in results["summary"]["variants"].items():
-        print(f"{v:>9}: " + "  ".join(f"{c} {s['mean']:.4f}+-{s['std']:.4f}" for c, s in cols.items()))
-    for p, cols in results["summary"]["paired"].items():
-        print(f"{p:>17}: " + "  ".join(f"d{c} {s['mean']:+.4f}+-{s['std']:.4f}" for c, s in cols.items()))
+    print_tables({f"{r['variant']}_seed{r['seed']}": r for r in results["runs"]}, results["summary"], COLUMNS)
     (root / "results.json").write_text(json.dumps(results, indent=2))
 
 

@@ -1,23 +1,15 @@
 """benchmarks/ablation_distill.py: each variant's overrides give the intended distillation terms, and its
 summary pairs runs by seed (smoke test; the full ablation is not run in CI)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import ROOT, script_module
+from train.ablation import summarize
 
 
 @pytest.fixture(scope="module")
 def abl():
-    spec = importlib.util.spec_from_file_location("ablation_distill", ROOT / "benchmarks" / "ablation_distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from script_module("benchmarks/ablation_distill.py")
 
 
 def test_variants_resolve_to_the_intended_terms(abl, tmp_path):
@@ -41,6 +33,6 @@ def test_summary_pairs_runs_by_seed(abl):
     m = lambda nds: {"NDS": nds, "mAP": 0.1, "mATE": 1.0, "mAOE": 1.0, "mAVE": 1.0}  # noqa: E731
     runs = [{"variant": "student", "seed": 0, "metrics": m(0.10)}, {"variant": "all", "seed": 0, "metrics": m(0.15)},
             {"variant": "student", "seed": 1, "metrics": m(0.20)}, {"variant": "all", "seed": 1, "metrics": m(0.21)}]
-    s = abl.summarize(runs)
-    assert s["paired"]["all-student"]["NDS"]["mean"] == pytest.approx(0.03)
+    s = summarize(runs, abl.PAIRS, abl.COLUMNS)
+    assert s["pairs"]["all - student"]["NDS"]["mean"] == pytest.approx(0.03)
     assert s["variants"]["student"]["NDS"]["mean"] == pytest.approx(0.15)

@@ -3,27 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-from train import workflow
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import ROOT, script_module
+from train import ablation, workflow
 
 
 @pytest.fixture(scope="module")
 def abl():
-    spec = importlib.util.spec_from_file_location("ablation_perspective", ROOT / "benchmarks" / "ablation_perspective.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from script_module("benchmarks/ablation_perspective.py")
 
 
 def test_variants_resolve_to_the_intended_models(abl, tmp_path):
@@ -37,7 +28,7 @@ def test_variants_resolve_to_the_intended_models(abl, tmp_path):
     flags = {}
     for p in plan:
         assert p.dir == tmp_path / "ablation" / f"{p.variant}_seed3"
-        cmd = [str(c) for c in abl.train_command(args, p, tmp_path / "train")]
+        cmd = [str(c) for c in p.train_command(tmp_path / "train", args.steps, args.nproc)]
         overrides = cmd[cmd.index("--config") + 2:cmd.index("--resume")]
         cfg = load_train_config(ROOT / args.config, overrides)
         assert cfg.seed == 3 and cfg.schedule.total_steps == 5 and cfg.out_dir == p.dir
@@ -68,8 +59,8 @@ def test_summary_pairs_runs_by_seed(abl, tmp_path):
         f = tmp_path / f"{v}_{s}.json"
         f.write_text(json.dumps({"nd_score": x, "mean_ap": x / 2, "num_samples": 12,
                                  "tp_errors": {"trans_err": 1 - x, "orient_err": 1.5 - x}}))
-        runs[f"{v}_seed{s}"] = {"variant": v, "seed": s, "metrics": abl.read_metrics(f)}
-    summary = abl.summarize(runs)
+        runs[f"{v}_seed{s}"] = {"variant": v, "seed": s, "metrics": ablation.read_metrics(f, abl.METRICS)}
+    summary = ablation.summarize(runs, abl.PAIRS, abl.COLUMNS)
     assert summary["variants"]["bev_only"]["NDS"]["n"] == 3
     assert summary["variants"]["pers_bev"]["NDS"]["mean"] == pytest.approx(0.25)
     assert summary["variants"]["pers_bev"]["mATE"]["mean"] == pytest.approx(0.75)
@@ -79,7 +70,7 @@ def test_summary_pairs_runs_by_seed(abl, tmp_path):
     assert pair["NDS"]["std"] == pytest.approx(math.sqrt(2) * 0.02)
     assert pair["mAOE"]["min"] == pytest.approx(-0.05) and pair["mAOE"]["max"] == pytest.approx(-0.01)
     assert "pers_bev - pers_bev_1stage" not in summary["pairs"]
-    abl.print_tables(runs, summary)  # formats NaN stds (one value) without raising
+    ablation.print_tables(runs, summary, abl.COLUMNS, abl.NOTE)  # formats NaN stds (one value) without raising
 
 
 def test_small_worlds_get_shards_small_enough_for_every_rank(abl, tmp_path):

@@ -1,5 +1,6 @@
 """The stages of an end-to-end run on the synthetic world, shared by ``scripts/demo.py`` and
-``benchmarks/ablation_perspective.py`` (scripts are never imported as libraries; they call this).
+the ablations (``benchmarks/ablation_*.py`` through :mod:`train.ablation`; scripts are never imported as
+libraries; they call this).
 
 * :func:`make_world`: ``python -m shards synth`` (reused when complete);
 * :func:`make_shards` (+ :func:`shard_size_mb`): ``python -m shards build`` + ``verify`` per split;
@@ -49,14 +50,18 @@ def run(cmd: list[Any], env: dict[str, str] | None = None, check: bool = True) -
     return proc.returncode
 
 
-def make_world(world: Path, frames_per_scene: int, image_size: str, seed: int) -> None:
-    """``python -m shards synth`` into ``world``, unless a complete world is there (an incomplete one is redone)."""
+def make_world(world: Path, frames_per_scene: int, image_size: str, seed: int, lidar: bool = False) -> None:
+    """``python -m shards synth`` into ``world``, unless a complete world is there (an incomplete one is redone).
+
+    ``lidar``: also synthesise the LiDAR sweeps (``--lidar``); a complete world without them is refused."""
     if (world / VERSION / "sample.json").is_file() and (world / ".complete").is_file():
+        if lidar and not (world / "samples" / "LIDAR_TOP").is_dir():
+            sys.exit(f"{world} was synthesised without --lidar (no samples/LIDAR_TOP): use another output dir")
         print(f"  reusing {world}")
         return
     shutil.rmtree(world, ignore_errors=True)
     run([PY, "-m", "shards", "synth", "--out", world, "--version", VERSION, "--frames-per-scene", frames_per_scene,
-         "--image-size", image_size, "--seed", seed])
+         "--image-size", image_size, "--seed", seed, *(["--lidar"] if lidar else [])])
     (world / ".complete").write_text("ok\n")
 
 
@@ -72,8 +77,9 @@ def shard_size_mb(world: Path, nproc: int, workers: int = 1) -> float:
     return round(min(SHARD_MB, max(0.25, train_mb / max(2 * nproc, nproc * workers))), 2)
 
 
-def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB) -> dict[str, Path]:
-    """Build + verify ``root/{split}`` for both splits; returns split -> shard dir.
+def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB, lidar: bool = False) -> dict[str, Path]:
+    """Build + verify ``root/{split}`` for both splits; returns split -> shard dir. ``lidar``: with each sample's
+    points (``--lidar``; the world must have them).
 
     The builder resumes an interrupted build and refuses other settings, so rerunning is safe.
     """
@@ -81,7 +87,7 @@ def make_shards(world: Path, root: Path, max_shard_mb: float = SHARD_MB) -> dict
     for split in SPLITS:
         d = dirs[split] = root / split
         run([PY, "-m", "shards", "build", "--dataroot", world, "--version", VERSION, "--split", split, "--out", d,
-             "--clip-frames", "8", "--max-shard-mb", max_shard_mb, "--workers", "2"])
+             "--clip-frames", "8", "--max-shard-mb", max_shard_mb, "--workers", "2", *(["--lidar"] if lidar else [])])
         run([PY, "-m", "shards", "verify", d])
     return dirs
 
