@@ -11,7 +11,7 @@ seed, on ``--nproc`` DeepSpeed CPU ranks, into ``OUT/ablation_bevnext/{variant}_
                          (EMA is off in that config);
 * ``bevnext``            ``configs/bevnext_tiny_stage1.yaml`` (single frame; the faithful CRF, the preset's default),
                          scored with the EMA weights ``weights_ema_fp32.pt`` (as the paper evaluates);
-* ``bevnext_crf_off``    the same, ``model.depth.crf='off'`` (plain softmax depth);
+* ``bevnext_crf_off``    the same, ``model.depth.crf=off`` (plain softmax depth);
 * ``bevnext_crf_active`` the same, ``model.depth.crf=active`` (the colour term made active: zeta on 0-1 colours);
 * ``bevnext_s1_cont``    stage 1 continued: the stage-1 config initialised from ``bevnext_seed{s}``'s final EMA
                          weights (``init.from_checkpoint``, nothing dropped), ``--steps`` more steps;
@@ -53,8 +53,6 @@ STAGE2 = "configs/bevnext_tiny_stage2.yaml"
 BEVFORMER = "configs/demo.yaml"
 
 
-
-
 @dataclass(frozen=True)
 class Variant:
     """A row of the ablation: training ``config`` + ``overrides``, the ``weights`` eval scores, and ``starts_from``:
@@ -70,8 +68,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "bevnext": Variant("BEVNeXt tiny, stage 1, faithful CRF", STAGE1),
     "bevformer_v2": Variant("BEVFormer v2 tiny, single frame", BEVFORMER, weights=WEIGHTS),
-    # quoted: YAML 1.1 (the override parser) reads a bare off as False
-    "bevnext_crf_off": Variant("BEVNeXt tiny, stage 1, no CRF", STAGE1, ("model.depth.crf='off'",)),
+    "bevnext_crf_off": Variant("BEVNeXt tiny, stage 1, no CRF", STAGE1, ("model.depth.crf=off",)),
     "bevnext_crf_active": Variant("BEVNeXt tiny, stage 1, CRF with an active colour term", STAGE1,
                                   ("model.depth.crf=active",)),
     "bevnext_s1_cont": Variant("BEVNeXt tiny, stage 1 continued from bevnext", STAGE1, ("init.drop=[]",),
