@@ -9,7 +9,8 @@ from bev_model.bev_grid import BEVGrid
 from bev_model.bevnext.bev import Res2Fusion
 from bev_model.bevnext.config import TemporalConfig
 from bev_model.bevnext.depth import MeanFieldCRF, colour_kernel, patch_colours
-from bev_model.bevnext.head import center_targets, circle_nms, gaussian_focal_loss
+from bev_model.bevnext.head import center_targets, circle_nms
+from bev_model.heatmap import gaussian_focal_loss
 
 
 def test_crf_with_zero_weight_returns_softmax():

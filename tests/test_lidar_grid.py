@@ -1,7 +1,5 @@
 """The LiDAR teacher's pillars, its heatmap targets and the camera student's BEV anchors agree on [y, x] cells,
-also after BEV augmentation; CenterPoint's Gaussian radius and mask on hand-computed cases."""
-
-import math
+also after BEV augmentation; the teacher's grid follows the student's preset."""
 
 import numpy as np
 import pytest
@@ -9,8 +7,7 @@ import torch
 
 from bev_model import build_model, get_preset, model_config_from_dict
 from bev_model.bev_encoder import pillar_points
-from bev_model.bev_grid import BEVGrid
-from bev_model.lidar.centerpoint import foreground_mask, gaussian_radius, heatmap_targets
+from bev_model.heatmap import heatmap_targets
 from bev_model.lidar.synthetic import box_points
 from bev_model.synthetic import random_bev_aug
 from shards.conventions import transform_boxes
@@ -82,32 +79,3 @@ def test_the_teacher_bev_has_the_grid_shape_and_a_misfit_stride_is_a_config_erro
     with pytest.raises(ConfigError, match="backbone.layer_strides"):
         model_config_from_dict({"preset": "lidar_tiny", "pillar": {"stride": 3}})
     assert cfg.frame_offsets == (0,) and cfg.needs_points and cfg.needs_points_in_eval
-
-
-def test_gaussian_radius_matches_cornernet_by_hand():
-    # 10 x 4 cells, IoU 0.1: r1 = (14 + sqrt(196 - 4 * 40 * 0.9 / 1.1)) / 2, r2 = (28 + sqrt(784 - 16 * 36)) / 2,
-    # r3 = (-2.8 + sqrt(7.84 + 1.6 * 36)) / 2 (CenterPoint divides by 2, not by 2 a3 as the quadratic formula would)
-    r1 = (14 + math.sqrt(196 - 4 * 40 * 0.9 / 1.1)) / 2
-    r2 = (28 + math.sqrt(784 - 16 * 0.9 * 40)) / 2
-    r3 = (-2.8 + math.sqrt(2.8**2 + 4 * 0.4 * 0.9 * 40)) / 2
-    assert gaussian_radius(10, 4, 0.1) == pytest.approx(min(r1, r2, r3)) == pytest.approx(r3)
-    assert gaussian_radius(10, 4, 0.1) == pytest.approx(gaussian_radius(4, 10, 0.1))
-    assert gaussian_radius(2, 2, 0.7) < gaussian_radius(2, 2, 0.1)
-
-
-def test_foreground_mask_equals_centerpoints_gaussian_on_a_hand_computed_case():
-    grid = BEVGrid((0.0, 0.0, -5.0, 10.0, 10.0, 3.0), H=10, W=10)  # 1 m cells
-    # a 2 m x 2 m box at (3.5, 6.5): centre cell row 6, column 3; radius max(1, int(0.86...)) = 1
-    assert int(gaussian_radius(2.0, 2.0, 0.1)) == 0
-    mask = foreground_mask([torch.tensor([[3.5, 6.5, 0.0, 2.0, 2.0, 1.5, 0.0, 0.0, 0.0]])], grid)[0]
-    sigma = 3 / 6  # diameter 2r + 1 = 3
-    expect = torch.zeros(10, 10)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            expect[6 + dy, 3 + dx] = math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
-    assert torch.allclose(mask, expect, atol=1e-6)
-    # two boxes merge by their maximum; a box off the grid draws nothing
-    two = foreground_mask([torch.tensor([[3.5, 6.5, 0, 2, 2, 1, 0, 0, 0], [4.5, 6.5, 0, 2, 2, 1, 0, 0, 0],
-                                         [30.0, 6.5, 0, 2, 2, 1, 0, 0, 0]])], grid)[0]
-    assert two[6, 3] == 1.0 and two[6, 4] == 1.0 and two[6, 5] == pytest.approx(math.exp(-2))
-    assert two.sum() > mask.sum()

@@ -16,6 +16,7 @@ from shards.conventions import transform_boxes
 from ..bev_encoder import EncoderLayer, pillar_points, project_pillars
 from ..bev_grid import BEVGrid
 from ..config import EncoderConfig
+from ..heatmap import heatmap_targets
 from ..postprocess import class_attribute_mask
 from ..precision import float32_geometry
 from .config import BEVNeXtConfig
@@ -107,25 +108,10 @@ class PerspectiveRefinement(nn.Module):
 # ----------------------------------------------------------------------------------------------- targets
 
 
-def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float) -> torch.Tensor:
-    """CornerNet/CenterPoint radius (cells) of a box footprint ``height x width`` cells so that a shifted box keeps
-    IoU >= ``min_overlap`` (the smallest of the three cases)."""
-    a1, b1 = 1.0, height + width
-    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + torch.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
-    a2, b2 = 4.0, 2 * (height + width)
-    c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + torch.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
-    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
-    c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + torch.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
-    return torch.minimum(torch.minimum(r1, r2), r3)
-
-
 @float32_geometry
 def center_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], attrs: list[torch.Tensor], grid: BEVGrid,
                    num_classes: int, overlap: float, min_radius: int) -> dict[str, torch.Tensor]:
-    """CenterPoint targets.
+    """CenterPoint targets; the heatmap is :func:`bev_model.heatmap.heatmap_targets` of the same boxes.
 
     Args:
         boxes: B x ``[G, 9]`` (augmented ego frame), labels: B x ``[G]`` (>= 0), attrs: B x ``[G]`` (-1 none).
@@ -136,32 +122,23 @@ def center_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], attrs:
     """
     B = len(boxes)
     dev = boxes[0].device if B else torch.device("cpu")
-    H, W = grid.H, grid.W
+    W = grid.W
     dx, dy, _ = grid.cell_size
     x0, y0 = grid.pc_range[0], grid.pc_range[1]
     M = max([1] + [int(b.shape[0]) for b in boxes])
-    heat = torch.zeros(B, num_classes, H, W, device=dev)
+    heat = heatmap_targets(boxes, labels, grid, num_classes, overlap, min_radius)
     ind = torch.zeros(B, M, dtype=torch.long, device=dev)
     mask = torch.zeros(B, M, dtype=torch.bool, device=dev)
     code = torch.zeros(B, M, 10, device=dev)
     attr = torch.full((B, M), -1, dtype=torch.long, device=dev)
-    ys = torch.arange(H, device=dev, dtype=torch.float32)[:, None]
-    xs = torch.arange(W, device=dev, dtype=torch.float32)[None]
     for b in range(B):
         bx = boxes[b].float()
         if bx.shape[0] == 0:
             continue
         mid_z = torch.full_like(bx[:, :1], (grid.pc_range[2] + grid.pc_range[5]) / 2)  # the plane cell only
         cells, inside = grid.cell_of(torch.cat([bx[:, :2], mid_z], -1))
-        radius = gaussian_radius(bx[:, 4] / dy, bx[:, 3] / dx, overlap).floor().clamp(min=min_radius)
         for g in torch.nonzero(inside)[:, 0].tolist():
             iy, ix = int(cells[g, 1]), int(cells[g, 2])
-            r = float(radius[g])
-            sigma = (2 * r + 1) / 6
-            gauss = torch.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sigma ** 2))
-            gauss = torch.where(((xs - ix).abs() <= r) & ((ys - iy).abs() <= r), gauss, torch.zeros_like(gauss))
-            k = int(labels[b][g])
-            heat[b, k] = torch.maximum(heat[b, k], gauss)
             ind[b, g] = iy * W + ix
             mask[b, g] = True
             cx, cy = (bx[g, 0] - x0) / dx, (bx[g, 1] - y0) / dy
@@ -169,15 +146,6 @@ def center_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], attrs:
                                       bx[g, 6].sin(), bx[g, 6].cos(), bx[g, 7], bx[g, 8]])
             attr[b, g] = int(attrs[b][g])
     return {"heatmap": heat, "ind": ind, "mask": mask, "code": code, "attr": attr}
-
-
-def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet focal loss on a Gaussian heatmap (alpha 2, gamma 4), summed and divided by the number of peaks."""
-    p = logits.float().sigmoid().clamp(1e-4, 1 - 1e-4)
-    pos = target.eq(1).float()
-    pos_loss = -torch.log(p) * (1 - p) ** 2 * pos
-    neg_loss = -torch.log(1 - p) * p ** 2 * (1 - target) ** 4 * (1 - pos)
-    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
 
 
 def gather_code(reg: dict[str, torch.Tensor], ind: torch.Tensor) -> torch.Tensor:
@@ -246,4 +214,4 @@ def decode(heat_logits: torch.Tensor, reg: dict[str, torch.Tensor], grid: BEVGri
 
 
 __all__ = ["PerspectiveRefinement", "ProposalHead", "REG_HEADS", "RegHead", "center_targets", "circle_nms", "decode",
-           "gather_code", "gaussian_focal_loss", "gaussian_radius"]
+           "gather_code"]

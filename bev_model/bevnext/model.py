@@ -24,6 +24,7 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..config import NeckConfig
+from ..heatmap import gaussian_focal_loss
 from ..neck import FPNNeck
 from ..temporal import eval_mode
 from .bev import BEVEncoder, PreBEV
@@ -36,7 +37,6 @@ from .head import (
     center_targets,
     decode,
     gather_code,
-    gaussian_focal_loss,
 )
 from .lift import frustum, lift
 

@@ -33,7 +33,8 @@ from shards.contracts.checkpoint import CheckpointError, read_weights
 
 from ..bev_grid import BEVGrid
 from ..detector import BEVFormerV2
-from ..lidar.centerpoint import HeatmapHead, foreground_mask, gaussian_focal_loss, heatmap_targets
+from ..heatmap import foreground_mask, gaussian_focal_loss, heatmap_targets
+from ..lidar.centerpoint import HeatmapHead
 from ..lidar.detector import LidarDetector
 from .config import DistillConfig
 from .losses import InstanceDistill, box_distill_loss, dense_feature_loss, teacher_topk

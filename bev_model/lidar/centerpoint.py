@@ -1,96 +1,15 @@
-"""CenterPoint's BEV Gaussians, heatmap targets, heatmap head and Gaussian focal loss.
+"""The LiDAR teacher's CenterPoint heatmap head and its heatmap-peak proposals.
 
-Written from CenterNet/CenterPoint's definitions: ``gaussian_radius`` is CornerNet's radius for which a box
-shifted by it still overlaps the GT with IoU >= ``min_overlap`` (the smallest of three cases); a Gaussian of
-radius r is drawn on the ``(2r + 1) x (2r + 1)`` window around the centre cell with sigma = (2r + 1) / 6, and
-overlapping Gaussians are merged by their maximum. Centre cells come from :class:`bev_model.bev_grid.BEVGrid`
-(the one metric point -> cell convention), so teacher targets, student targets and the distillation mask
-land on the same ``[y, x]`` cell.
+The heatmap's targets, Gaussians and focal loss are the family-neutral ones of :mod:`bev_model.heatmap`
+(shared with BEVNeXt and BEVDistill); what is here is the teacher's own: its head and its first stage.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from ..bev_grid import BEVGrid
-
-
-def gaussian_radius(height: float, width: float, min_overlap: float = 0.5) -> float:
-    """CornerNet/CenterPoint radius (in cells) of a ``height x width`` (cells) box for IoU ``min_overlap``."""
-    a1, b1 = 1.0, height + width
-    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + math.sqrt(b1 * b1 - 4 * a1 * c1)) / 2
-    a2, b2 = 4.0, 2 * (height + width)
-    c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + math.sqrt(b2 * b2 - 4 * a2 * c2)) / 2
-    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
-    c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + math.sqrt(b3 * b3 - 4 * a3 * c3)) / 2
-    return min(r1, r2, r3)
-
-
-def box_gaussians(boxes: torch.Tensor, grid: BEVGrid, min_overlap: float, min_radius: int) -> torch.Tensor:
-    """One CenterPoint Gaussian per box on the grid.
-
-    Args:
-        boxes: ``[G, >=5]`` box vectors (x, y, z, l, w, ...) in the grid's frame.
-    Returns:
-        ``[G, H, W]`` float32: box g's Gaussian (0 outside its window; all 0 for a box whose centre is off the
-        grid or whose size is not positive).
-    """
-    H, W = grid.H, grid.W
-    G = boxes.shape[0]
-    out = torch.zeros(G, H, W, dtype=torch.float32, device=boxes.device)
-    if G == 0:
-        return out
-    dx, dy, _ = grid.cell_size
-    b = boxes.detach().float()
-    centre = torch.cat([b[:, :2], torch.full_like(b[:, :1], (grid.pc_range[2] + grid.pc_range[5]) / 2)], 1)
-    cells, inside = grid.cell_of(centre)
-    iy, ix = cells[:, 1], cells[:, 2]
-    radius = torch.tensor([max(min_radius, int(gaussian_radius(wid / dy, length / dx, min_overlap)))
-                           if length > 0 and wid > 0 else -1 for length, wid in b[:, 3:5].tolist()],
-                          device=boxes.device)
-    ys = torch.arange(H, device=boxes.device)[None, :, None]
-    xs = torch.arange(W, device=boxes.device)[None, None, :]
-    ddy, ddx = ys - iy[:, None, None], xs - ix[:, None, None]
-    r = radius[:, None, None]
-    sigma = (2 * r.float() + 1) / 6
-    g = torch.exp(-(ddx.float() ** 2 + ddy.float() ** 2) / (2 * sigma**2))
-    window = (ddx.abs() <= r) & (ddy.abs() <= r) & (inside & (radius >= 0))[:, None, None]
-    return torch.where(window, g, torch.zeros_like(g))
-
-
-def heatmap_targets(gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], grid: BEVGrid, num_classes: int,
-                    min_overlap: float, min_radius: int) -> torch.Tensor:
-    """Per-class CenterPoint heatmaps ``[B, num_classes, H, W]`` (max of the class's Gaussians)."""
-    device = gt_boxes[0].device if gt_boxes else "cpu"
-    out = torch.zeros(len(gt_boxes), num_classes, grid.H, grid.W, device=device)
-    for b, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):
-        g = box_gaussians(boxes, grid, min_overlap, min_radius)
-        for c in labels.unique().tolist():
-            if 0 <= c < num_classes:
-                out[b, c] = g[labels == c].amax(0)
-    return out
-
-
-def foreground_mask(gt_boxes: list[torch.Tensor], grid: BEVGrid, min_overlap: float = 0.1,
-                    min_radius: int = 1) -> torch.Tensor:
-    """Class-agnostic mask ``[B, H, W]``: max of every GT box's Gaussian (BEVDistill's dense-loss weight)."""
-    return torch.stack([box_gaussians(b, grid, min_overlap, min_radius).amax(0, keepdim=True)[0]
-                        if b.shape[0] else torch.zeros(grid.H, grid.W, device=b.device) for b in gt_boxes])
-
-
-def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, gamma: float = 4.0) -> torch.Tensor:
-    """CenterNet's focal loss on heatmaps, summed and divided by the number of peaks (target == 1), at least 1."""
-    pred = logits.float().sigmoid().clamp(1e-4, 1 - 1e-4)
-    pos = target.eq(1).float()
-    pos_loss = -(pred.log() * (1 - pred).pow(alpha) * pos).sum()
-    neg_loss = -((1 - pred).log() * pred.pow(alpha) * (1 - target).pow(gamma) * (1 - pos)).sum()
-    return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -154,3 +73,6 @@ def heatmap_proposals(logits: torch.Tensor, bev: torch.Tensor, grid: BEVGrid, k:
     content = torch.gather(bev.flatten(2), 2, cell[:, None, :].expand(B, bev.shape[1], k)).transpose(1, 2)
     return {"boxes": torch.cat([xyz, rest], -1), "scores": torch.gather(cls_prob, 2, labels[..., None])[..., 0],
             "labels": labels, "cls_prob": cls_prob, "kept": top >= 0, "content": content}
+
+
+__all__ = ["HeatmapHead", "conv_bn_relu", "heatmap_proposals"]

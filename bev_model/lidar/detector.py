@@ -21,9 +21,10 @@ from torch import nn
 from ..bev_grid import BEVGrid
 from ..bev_head import CODE_PRIOR, BEVHead
 from ..box_coder import BoxCoder
+from ..heatmap import gaussian_focal_loss, heatmap_targets
 from ..losses import SetCriterion
 from ..postprocess import postprocess
-from .centerpoint import HeatmapHead, gaussian_focal_loss, heatmap_proposals, heatmap_targets
+from .centerpoint import HeatmapHead, heatmap_proposals
 from .config import LidarConfig
 from .pillars import PillarEncoder
 from .second import SecondFPN
