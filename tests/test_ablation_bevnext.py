@@ -142,6 +142,18 @@ def test_scored_runs_are_reused_with_their_step_time(abl, tmp_path, capsys):
         ablation.run_plan(plan, **kw)
 
 
+def test_report_only_collects_the_scored_runs_and_launches_nothing(abl, tmp_path, capsys):
+    args = abl.parse_args(["--out", str(tmp_path), "--seeds", "0", "--steps", "30", "--variants", "bevnext",
+                           "bevformer_v2", "--report-only"])
+    plan = abl.build_plan(args, tmp_path)
+    _metrics_summary(plan[1].metrics_path, plan[1].eval_checkpoint(30), 0.2)
+    runs, failed = ablation.run_plan(plan, steps=30, nproc=2, train_shards=tmp_path / "nope",
+                                     val_shards=tmp_path / "nope", metrics=abl.METRICS,
+                                     describe={v: v for v in abl.VARIANTS}, tool="t", report_only=args.report_only)
+    out = capsys.readouterr().out
+    assert list(runs) == ["bevformer_v2_seed0"] and failed == [] and "$ " not in out and "not scored yet" in out
+
+
 def test_summary_means_and_paired_differences(abl):
     """Hand-computed: per-variant mean/std over seeds and same-seed differences (a seed without partner dropped)."""
     def m(nds: float, step: float) -> dict[str, float]:

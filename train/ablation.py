@@ -136,14 +136,16 @@ def _scored(metrics_path: Path) -> tuple[str, str]:
 
 def run_plan(plan: Sequence[RunPlan], *, steps: int, nproc: int, train_shards: Path, val_shards: Path,
              metrics: Sequence[Metric], describe: Mapping[str, str], tool: str,
-             extra: Callable[[RunPlan], dict[str, float]] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+             extra: Callable[[RunPlan], dict[str, float]] | None = None,
+             report_only: bool = False) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Train and evaluate every run of ``plan`` in order; returns ``(runs, failed run names)``.
 
     A run whose ``eval/metrics_summary.json`` exists is reused (it must score the ``steps`` checkpoint's
     ``weights``); a run whose final checkpoint is complete is only evaluated; an interrupted training resumes
     (``--resume auto``). ``runs``: name -> ``{variant, seed, dir, overrides, weights, train_s, eval_s, metrics}``
     (``train_s``/``eval_s`` also go to ``RUN/timing.json``); ``describe``: variant -> text of the run header;
-    ``extra``: more metric columns per run (e.g. :func:`step_time`).
+    ``extra``: more metric columns per run (e.g. :func:`step_time`); ``report_only``: train and evaluate nothing,
+    collect the runs already scored (the others are listed as not scored, not as failed).
     """
     runs: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
@@ -159,6 +161,9 @@ def run_plan(plan: Sequence[RunPlan], *, steps: int, nproc: int, train_shards: P
             print(f"  reusing {p.metrics_path}", flush=True)
             if (p.dir / "timing.json").is_file():
                 rec.update(json.loads((p.dir / "timing.json").read_text()))
+        elif report_only:
+            print("  not scored yet (--report-only): left out", flush=True)
+            continue
         else:
             if p.after is not None and p.after in failed:
                 print(f"  FAILED: {p.name} starts from {p.after}, which failed", flush=True)
@@ -288,6 +293,8 @@ def add_run_args(ap: argparse.ArgumentParser, *, runs_dir: str, steps: int, fram
     ap.add_argument("--image-size", default="640x360", help="only used when the world is created")
     ap.add_argument("--world-seed", type=int, default=0, help="only used when the world is created")
     ap.add_argument("--variants", nargs="+", default=list(variants), choices=list(variants))
+    ap.add_argument("--report-only", action="store_true",
+                    help="train and evaluate nothing: the tables and results.json of the runs already scored")
 
 
 def parse_run_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -321,7 +328,8 @@ def execute(args: argparse.Namespace, data_text: str, prepare: Callable[[Path], 
     workflow.header(2, 3, f"{len(plan)} runs: {len(args.variants)} variant(s) x {len(args.seeds)} seed(s), "
                       f"{args.steps} steps each, {args.nproc} rank(s)")
     runs, failed = run_plan(plan, steps=args.steps, nproc=args.nproc, train_shards=shards["mini_train"],
-                            val_shards=shards["mini_val"], metrics=metrics, describe=describe, tool=tool, extra=extra)
+                            val_shards=shards["mini_val"], metrics=metrics, describe=describe, tool=tool, extra=extra,
+                            report_only=getattr(args, "report_only", False))
     workflow.header(3, 3, "results")
     results = {"steps": args.steps, "seeds": args.seeds, "variants": args.variants, "nproc": args.nproc, **info,
                "world": str(out / "world"), "shards": {k: str(v) for k, v in shards.items()}, "runs": runs,
