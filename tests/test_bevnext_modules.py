@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from bev_model.bev_grid import BEVGrid
 from bev_model.bevnext.bev import Res2Fusion
-from bev_model.bevnext.config import TemporalConfig
-from bev_model.bevnext.depth import MeanFieldCRF, colour_kernel, patch_colours
+from bev_model.bevnext.config import DepthConfig, TemporalConfig
+from bev_model.bevnext.depth import DepthNet, MeanFieldCRF, camera_params, colour_kernel, patch_colours
 from bev_model.bevnext.head import center_targets, circle_nms
 from bev_model.heatmap import gaussian_focal_loss
 
@@ -83,3 +85,45 @@ def test_circle_nms_suppresses_same_class_neighbours_only():
     labels = torch.tensor([0, 0, 1, 0])
     radius = torch.tensor([2.0, 0.1])
     assert circle_nms(xy, labels, radius).tolist() == [0, 2, 3]
+
+
+def test_camera_params_are_of_order_one_for_a_nuscenes_rig():
+    """fx ~1266 px on a 1600x900 source resized to 704x396 and cropped to 256: every number stays small."""
+    K = torch.tensor([[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]])
+    A = torch.tensor([[0.44, 0.0, 0.0], [0.0, 0.44, -140.0], [0.0, 0.0, 1.0]])  # resize, crop the top
+    cam2ego = torch.eye(4)
+    cam2ego[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    cam2ego[:3, 3] = torch.tensor([1.7, 0.0, 1.5])
+    bev = torch.eye(4)
+    p = camera_params((A @ K)[None, None], A[None, None], bev[None], cam2ego[None, None], (256, 704))
+    assert p.shape == (1, 1, 27)
+    assert float(p.abs().max()) < 3.0  # fy' / H = 2.18 is the largest
+    assert p[0, 0, 0] == pytest.approx(0.44 * 1266.4 / 704, rel=1e-5)  # fx' / W
+    assert p[0, 0, 9] == pytest.approx(-140.0 / 256, rel=1e-5)  # img_aug's row translation / H
+
+
+def test_camera_embedding_stays_bounded_in_eval_after_one_sample_batches():
+    """Training with one sample per batch (the bev_aug numbers equal over its cameras) must not teach the depth
+    net statistics that blow the eval-mode camera embedding up: BEVDepth's BatchNorm1d did (variance -> 0,
+    then |x| in the hundreds)."""
+    cfg = DepthConfig(d_step=5.0, mid_channels=16, num_res_blocks=1, aspp=False, context_dcn=False)
+    net = DepthNet(8, 8, cfg)
+    seen: list[torch.Tensor] = []
+    net.depth_mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    feat = torch.randn(6, 8, 4, 6)
+    g = torch.Generator().manual_seed(0)
+    net.train()
+    for _ in range(30):
+        yaw = float(torch.rand((), generator=g)) * 0.8 - 0.4
+        bev = torch.eye(4)
+        bev[:2, :2] = torch.tensor([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+        K = torch.tensor([[100.0, 0.0, 24.0], [0.0, 100.0, 16.0], [0.0, 0.0, 1.0]]).expand(1, 6, 3, 3)
+        cams = camera_params(K, torch.eye(3).expand(1, 6, 3, 3), bev[None], torch.eye(4).expand(1, 6, 4, 4), (32, 48))
+        net(feat, cams.flatten(0, 1))
+    net.eval()
+    with torch.no_grad():
+        cams = camera_params(K, torch.eye(3).expand(1, 6, 3, 3), torch.eye(4)[None], torch.eye(4).expand(1, 6, 4, 4),
+                             (32, 48))
+        net(feat, cams.flatten(0, 1))
+    assert float(seen[-1].abs().max()) < 10.0
+    assert torch.equal(seen[-1], cams.flatten(0, 1))  # the same numbers in train and eval mode

@@ -22,22 +22,33 @@ NUM_CAMERA_PARAMS = 27
 
 @float32_geometry
 def camera_params(intrinsics: torch.Tensor, img_aug: torch.Tensor, bev_aug: torch.Tensor,
-                  cam2ego: torch.Tensor) -> torch.Tensor:
-    """The 27 numbers of BEVDepth's camera-aware MLP, from the batch's matrices.
+                  cam2ego: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """The 27 numbers of BEVDepth's camera-aware MLP, from the batch's matrices, each of order 1.
+
+    BEVDepth standardises its 27 numbers with a ``BatchNorm1d``. With one sample per rank (our CPU presets)
+    the BEV-augmentation numbers are the same for every camera of the batch, so that BN's running variance
+    collapses to ~0 and, in eval mode, they come out ~100-300x too large: the SE gates saturate and the
+    eval-mode depth and context differ from the trained ones (a 1000-step ``bevnext_tiny``: recall of the
+    heatmap's top cells 0.04 in eval mode vs 0.12 with the camera BN on batch statistics). Here the numbers
+    are made scale-free instead, so train and eval see the same values at any batch size: pixel quantities
+    are divided by the output image size.
 
     Args:
         intrinsics: ``[B, N, 3, 3]`` augmented ``K' = img_aug K``; img_aug: ``[B, N, 3, 3]``;
-        bev_aug: ``[B, 4, 4]``; cam2ego: ``[B, N, 4, 4]``.
+        bev_aug: ``[B, 4, 4]``; cam2ego: ``[B, N, 4, 4]``; image_hw: the output ``(H, W)`` in pixels.
     Returns:
-        ``[B, N, 27]``: fx, fy, cx, cy of the source K; img_aug rows 0-1 (6); bev_aug
-        ``[0,0], [0,1], [1,0], [1,1], [2,2]`` (5); cam2ego rows 0-2 (12).
+        ``[B, N, 27]``: fx', fy', cx', cy' of ``K'`` over (W, H, W, H); img_aug rows 0-1 (6, the
+        translations over W and H); bev_aug ``[0,0], [0,1], [1,0], [1,1], [2,2]`` (5); cam2ego rows 0-2 (12,
+        metres).
     """
     B, N = intrinsics.shape[:2]
-    k = torch.linalg.inv(img_aug) @ intrinsics
+    H, W = (float(v) for v in image_hw)
+    k = intrinsics
     bda = bev_aug[:, None].expand(B, N, 4, 4)
+    a = img_aug[..., :2, :]
     return torch.cat([
-        torch.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], -1),
-        img_aug[..., :2, :].reshape(B, N, 6),
+        torch.stack([k[..., 0, 0] / W, k[..., 1, 1] / H, k[..., 0, 2] / W, k[..., 1, 2] / H], -1),
+        torch.stack([a[..., 0, 0], a[..., 0, 1], a[..., 0, 2] / W, a[..., 1, 0], a[..., 1, 1], a[..., 1, 2] / H], -1),
         torch.stack([bda[..., 0, 0], bda[..., 0, 1], bda[..., 1, 0], bda[..., 1, 1], bda[..., 2, 2]], -1),
         cam2ego[..., :3, :].reshape(B, N, 12),
     ], -1)
@@ -109,7 +120,6 @@ class DepthNet(nn.Module):
         super().__init__()
         m = cfg.mid_channels
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, m, 3, padding=1), nn.BatchNorm2d(m), nn.ReLU(inplace=True))
-        self.cam_bn = nn.BatchNorm1d(NUM_CAMERA_PARAMS)
         self.depth_mlp, self.depth_se = _Mlp(NUM_CAMERA_PARAMS, m, m), _SE(m)
         self.context_mlp, self.context_se = _Mlp(NUM_CAMERA_PARAMS, m, m), _SE(m)
         blocks: list[nn.Module] = [BasicBlock(m, m) for _ in range(cfg.num_res_blocks)]
@@ -122,7 +132,7 @@ class DepthNet(nn.Module):
         self.context_branch = nn.Sequential(first, nn.Conv2d(m, out_channels, 1))
 
     def forward(self, feat: torch.Tensor, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.cam_bn(cams.float()).to(feat.dtype)
+        e = cams.to(feat.dtype)  # already of order 1 (camera_params): no BatchNorm1d, see there
         x = self.reduce(feat)
         depth = self.depth_branch(self.depth_se(x, self.depth_mlp(e)[..., None, None]))
         context = self.context_branch(self.context_se(x, self.context_mlp(e)[..., None, None]))

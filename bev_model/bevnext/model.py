@@ -162,7 +162,7 @@ class BEVNeXt(nn.Module):
     def _cams(self, batch, t: int) -> torch.Tensor:
         aug = batch.bev_aug.to(batch.imgs.device).float()
         return camera_params(batch.intrinsics[:, t].float(), batch.img_aug[:, t].float(), aug,
-                             batch.cam2ego[:, t].float())
+                             batch.cam2ego[:, t].float(), tuple(batch.imgs.shape[-2:]))
 
     def _run(self, batch, history: FrustumHistory | None):
         imgs = batch.imgs
