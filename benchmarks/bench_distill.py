@@ -5,15 +5,20 @@
 
 Training step (forward + backward + AdamW step) of the plain ``tiny`` student and of ``distill_tiny`` (same student,
 every term on, a randomly initialised ``lidar_tiny`` teacher: its cost does not depend on its weights), timed
-alternately; peak memory on CUDA (``max_memory_allocated``; on CPU the trainable-parameter counts instead); and
-inference (``predict``) of the distillation model against the plain student loaded with its exported weights.
+alternately; peak memory on CUDA (``max_memory_allocated``); on CPU each case trains again alone in a fresh
+process, which reports its peak resident memory (``VmHWM``, reset after the build) above its resident memory
+after the build: what training steps add (activations, gradients, optimizer state, the teacher's forward); the
+trainable-parameter counts; and inference (``predict``) of the distillation model against the plain student
+loaded with its exported weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +34,62 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _build(args: argparse.Namespace, cases: tuple[str, ...] = ("student", "distill")) -> tuple[dict, object]:
+    """({case: model} for the plain student and/or the distillation model, batch with points) on ``args.device``,
+    each model seeded alike."""
+    h, w = (int(v) for v in args.image_size.split("x"))
+    dev = args.device
+    student_section = {"preset": args.student}
+    sections = {"student": student_section,
+                "distill": {"preset": "distill_tiny", "student": student_section, "teacher": {"random_init": True}}}
+    models = {}
+    for case in cases:
+        torch.manual_seed(0)
+        models[case] = build_model(model_config_from_dict(sections[case])).to(dev)
+    T = len(model_config_from_dict(student_section).temporal.offsets)
+    batch = make_batch(batch_size=args.batch, frames=T, image_hw=(h, w), num_boxes=10, bev_aug=True, seed=0)
+    rng = np.random.default_rng(0)
+    batch.points = [box_points(b, rng, per_box=300, ground=20000) for b in batch.gt_boxes]
+    return models, batch.to(dev)
+
+
+def _status_mib(key: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, MiB (Linux ``/proc``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _train_peak_rss(args: argparse.Namespace, case: str, out: mp.Queue) -> None:
+    """Child process: build, then train ``case`` alone; put (MiB after build, peak MiB) on ``out``."""
+    models, batch = _build(args, (case,))
+    model = models[case]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    built = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS (VmHWM) := current RSS
+    for _ in range(args.warmup + args.steps):
+        loss = model.forward_train(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    out.put((built, _status_mib("VmHWM")))
+
+
+def cpu_step_memory(args: argparse.Namespace) -> dict[str, float]:
+    """Per case, MiB of resident memory a training step adds over the built model (fresh process each)."""
+    ctx = mp.get_context("spawn")
+    added = {}
+    for case in ("student", "distill"):
+        q = ctx.Queue()
+        proc = ctx.Process(target=_train_peak_rss, args=(args, case, q))
+        proc.start()
+        built, peak = q.get()
+        proc.join()
+        added[case] = peak - built
+    return added
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -40,20 +101,10 @@ def main() -> None:
     args = ap.parse_args()
     h, w = (int(v) for v in args.image_size.split("x"))
     dev = args.device
-    torch.manual_seed(0)
-    student_section = {"preset": args.student}
-    plain = build_model(model_config_from_dict(student_section)).to(dev)
-    torch.manual_seed(0)
-    distill = build_model(model_config_from_dict({"preset": "distill_tiny", "student": student_section,
-                                                  "teacher": {"random_init": True}})).to(dev)
-    T = len(plain.cfg.temporal.offsets)
-    batch = make_batch(batch_size=args.batch, frames=T, image_hw=(h, w), num_boxes=10, bev_aug=True, seed=0)
-    rng = np.random.default_rng(0)
-    batch.points = [box_points(b, rng, per_box=300, ground=20000) for b in batch.gt_boxes]
-    batch = batch.to(dev)
+    models, batch = _build(args)
+    distill = models["distill"]
     opts = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
-            for name, m in (("student", plain), ("distill", distill))}
-    models = {"student": plain, "distill": distill}
+            for name, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     peak: dict[str, float] = {}
     for i in range(args.warmup + args.steps):
@@ -78,6 +129,10 @@ def main() -> None:
     if peak:
         print(f"peak memory student {peak['student']:.0f} MiB   distill {peak['distill']:.0f} MiB   "
               f"ratio {peak['distill'] / peak['student']:.2f}")
+    else:
+        added = cpu_step_memory(args)
+        print(f"step memory student +{added['student']:.0f} MiB   distill +{added['distill']:.0f} MiB   ratio "
+              f"{added['distill'] / max(added['student'], 1e-9):.2f}   (peak RSS over the built model, fresh process each)")
     n = {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in models.items()}
     nt = sum(p.numel() for p in distill._teacher[0].parameters())
     print(f"trainable params student {n['student']:,}   distill {n['distill']:,} (+{n['distill'] - n['student']:,} "
