@@ -65,7 +65,8 @@ class BEVConfig:
     basic blocks; then Res2Fusion (``temporal``), a Res2Net backbone of ``len(layers)`` stride-2 stages
     (channels ``channels * 2**(i+1)``, timm ``Bottle2neck`` blocks: ``scales`` splits of ``width``/64 of a
     quarter of the stage's channels, expansion 4 as the official config)
-    and an LSS-FPN to ``neck_channels`` at the full grid.
+    and an LSS-FPN to ``neck_channels`` at the full grid. ``pool``: ``sum`` (BEVPoolv2, the official lift) or
+    ``mean`` (the sum over the cell's depth mass when that is above 1; see ``bevnext.lift.lift``).
     """
 
     pc_range: tuple[float, float, float, float, float, float] = PC_RANGE
@@ -77,6 +78,7 @@ class BEVConfig:
     scales: int = 4
     width: int = 32
     neck_channels: int = 256
+    pool: Literal["sum", "mean"] = "sum"
 
     @property
     def grid(self) -> BEVGrid:

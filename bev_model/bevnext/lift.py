@@ -40,8 +40,12 @@ def frustum_to_ego(points: torch.Tensor, ego2img: torch.Tensor) -> torch.Tensor:
 
 
 def lift(depth: torch.Tensor, context: torch.Tensor, ego2img: torch.Tensor, frustum_pts: torch.Tensor,
-         grid: BEVGrid) -> torch.Tensor:
+         grid: BEVGrid, pool: str = "sum") -> torch.Tensor:
     """Splat one frame into the BEV grid.
+
+    ``pool="sum"`` is BEVPoolv2's (and BEVDet's, BEVDepth's, BEVNeXt's) sum of depth-weighted features per cell;
+    ``"mean"`` divides it by the cell's depth mass ``sum p`` (floored at 1: cells with less keep the sum), a
+    weighted mean whose scale does not grow with the number of rays through the cell.
 
     Args:
         depth: ``[B, N, D, h, w]`` probabilities; context: ``[B, N, C, h, w]``;
@@ -50,6 +54,12 @@ def lift(depth: torch.Tensor, context: torch.Tensor, ego2img: torch.Tensor, frus
     Returns:
         ``[B, C, grid.H, grid.W]`` (sum over the Z cells).
     """
+    if pool == "mean":
+        ones = torch.ones_like(context[:, :, :1])
+        out = lift(depth, torch.cat([context, ones], 2), ego2img, frustum_pts, grid)
+        return out[:, :-1] / out[:, -1:].clamp(min=1.0)
+    if pool != "sum":
+        raise ValueError(f"pool must be 'sum' or 'mean', got {pool!r}")
     B, N, C, h, w = context.shape
     pts = frustum_to_ego(frustum_pts, ego2img)
     ranks_bev, ranks_depth, ranks_feat, starts, lengths = bev_pool_v2_prepare(pts, grid)

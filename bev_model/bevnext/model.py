@@ -145,7 +145,8 @@ class BEVNeXt(nn.Module):
         ``[B, C, H, W]``."""
         B, N = ego2img.shape[:2]
         fr = self.frustum_points(image_hw, depth.device)
-        bev = lift(depth.view(B, N, *depth.shape[1:]), context.view(B, N, *context.shape[1:]), ego2img, fr, self.grid)
+        bev = lift(depth.view(B, N, *depth.shape[1:]), context.view(B, N, *context.shape[1:]), ego2img, fr, self.grid,
+                   self.cfg.bev.pool)
         return self.pre_bev(bev)
 
     # ------------------------------------------------------------------ frames
