@@ -142,3 +142,26 @@ def test_lift_pooling_matches_a_dense_sum_and_drops_out_of_range_points():
         z, y, x = cells[b, n, d, i, j].tolist()
         ref[b, :, z, y, x] += depth[b, n, d, i, j] * feat[b, n, i, j]
     torch.testing.assert_close(out, ref)
+
+
+def test_mean_pool_returns_a_constant_feature_wherever_the_depth_mass_reaches_one():
+    """With the same feature c on every pixel, the summed lift is mass x c (it grows with the rays through a
+    cell) and the mean lift is c where the mass is >= 1, the sum below it."""
+    batch = make_batch(1, 1, (H, W), bev_aug=True, seed=5)
+    fr = frustum((H, W), CFG)
+    D, h, w, _ = fr.shape
+    N = batch.ego2img.shape[2]
+    depth = torch.randn(1, N, D, h, w, generator=torch.Generator().manual_seed(0)).softmax(2)
+    c = torch.tensor([0.5, -2.0, 3.0])
+    context = c.view(1, 1, 3, 1, 1).expand(1, N, 3, h, w).contiguous()
+    e2i = batch.ego2img[:, 0].float()
+    summed = lift(depth, context, e2i, fr, GRID)[0]
+    mass = lift(depth, torch.ones_like(context[:, :, :1]), e2i, fr, GRID)[0, 0]
+    mean = lift(depth, context, e2i, fr, GRID, pool="mean")[0]
+    full, some = mass >= 1.0, (mass > 0) & (mass < 1.0)
+    assert int(full.sum()) > 20 and int(some.sum()) > 20 and float(mass.max()) > 5.0
+    torch.testing.assert_close(summed, c.view(3, 1, 1) * mass, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mean[:, full], c[:, None].expand(3, int(full.sum())), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mean[:, some], summed[:, some])
+    with pytest.raises(ValueError, match="pool"):
+        lift(depth, context, e2i, fr, GRID, pool="max")
