@@ -18,7 +18,6 @@ import argparse
 import multiprocessing as mp
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch
 from bev_model import build_model, model_config_from_dict
 from bev_model.distill.model import student_state_dict
 from bev_model.lidar.synthetic import box_points
+from bev_model.ops.measure import PeakMemory
 from bev_model.synthetic import make_batch
 
 
@@ -53,27 +53,19 @@ def _build(args: argparse.Namespace, cases: tuple[str, ...] = ("student", "disti
     return models, batch.to(dev)
 
 
-def _status_mib(key: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, MiB (Linux ``/proc``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
 def _train_peak_rss(args: argparse.Namespace, case: str, out: mp.Queue) -> None:
-    """Child process: build, then train ``case`` alone; put (MiB after build, peak MiB) on ``out``."""
+    """Child process: build, then train ``case`` alone; put the MiB its steps add over the built model on ``out``
+    (``bev_model.ops.measure.PeakMemory``: the RSS high-water mark above the block's start)."""
     models, batch = _build(args, (case,))
     model = models[case]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    built = _status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS (VmHWM) := current RSS
-    for _ in range(args.warmup + args.steps):
-        loss = model.forward_train(batch)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    out.put((built, _status_mib("VmHWM")))
+    with PeakMemory(torch.device("cpu")) as mem:
+        for _ in range(args.warmup + args.steps):
+            loss = model.forward_train(batch)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    out.put(mem.peak_mib)
 
 
 def cpu_step_memory(args: argparse.Namespace) -> dict[str, float]:
@@ -84,9 +76,8 @@ def cpu_step_memory(args: argparse.Namespace) -> dict[str, float]:
         q = ctx.Queue()
         proc = ctx.Process(target=_train_peak_rss, args=(args, case, q))
         proc.start()
-        built, peak = q.get()
+        added[case] = q.get()
         proc.join()
-        added[case] = peak - built
     return added
 
 

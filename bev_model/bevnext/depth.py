@@ -43,11 +43,11 @@ def camera_params(intrinsics: torch.Tensor, img_aug: torch.Tensor, bev_aug: torc
     """
     B, N = intrinsics.shape[:2]
     H, W = (float(v) for v in image_hw)
-    k = intrinsics
     bda = bev_aug[:, None].expand(B, N, 4, 4)
     a = img_aug[..., :2, :]
     return torch.cat([
-        torch.stack([k[..., 0, 0] / W, k[..., 1, 1] / H, k[..., 0, 2] / W, k[..., 1, 2] / H], -1),
+        torch.stack([intrinsics[..., 0, 0] / W, intrinsics[..., 1, 1] / H, intrinsics[..., 0, 2] / W,
+                     intrinsics[..., 1, 2] / H], -1),
         torch.stack([a[..., 0, 0], a[..., 0, 1], a[..., 0, 2] / W, a[..., 1, 0], a[..., 1, 1], a[..., 1, 2] / H], -1),
         torch.stack([bda[..., 0, 0], bda[..., 0, 1], bda[..., 1, 0], bda[..., 1, 1], bda[..., 2, 2]], -1),
         cam2ego[..., :3, :].reshape(B, N, 12),
