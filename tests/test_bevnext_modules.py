@@ -1,4 +1,4 @@
-"""BEVNeXt building blocks: the mean-field CRF, its colour kernel, Res2Fusion, the CenterPoint targets and NMS."""
+"""BEVNeXt building blocks: the mean-field CRF, its colour kernel, Res2Fusion, the CenterPoint targets, decoding, NMS."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import math
 import pytest
 import torch
 
+from bev_model import get_preset
 from bev_model.bev_grid import BEVGrid
 from bev_model.bevnext.bev import Res2Fusion
 from bev_model.bevnext.config import DepthConfig, TemporalConfig
 from bev_model.bevnext.depth import DepthNet, MeanFieldCRF, camera_params, colour_kernel, patch_colours
-from bev_model.bevnext.head import center_targets, circle_nms
+from bev_model.bevnext.head import REG_HEADS, center_targets, circle_nms, decode
 from bev_model.heatmap import gaussian_focal_loss
+from bev_model.synthetic import make_batch
+from shards.conventions import transform_boxes
 
 
 def test_crf_with_zero_weight_returns_softmax():
@@ -78,6 +81,34 @@ def test_center_targets_peak_at_the_box_cell_and_code_the_offset():
     low = gaussian_focal_loss(torch.logit(t["heatmap"].clamp(1e-4, 1 - 1e-4)), t["heatmap"])
     high = gaussian_focal_loss(torch.zeros_like(t["heatmap"]), t["heatmap"])
     assert float(low) < 0.01 < float(high)
+
+
+def test_decode_of_the_target_maps_returns_the_gt_boxes_in_the_unaugmented_frame():
+    """Targets -> ideal maps (heat = the target heatmap, codes at the centre cells) -> decode: every GT box back,
+    un-augmented, with its class. Pins the code <-> decode conventions (offsets, log sizes, yaw, bev_aug)."""
+    cfg = get_preset("bevnext_tiny")
+    grid = cfg.bev.grid
+    batch = make_batch(1, 1, (32, 64), num_cams=1, num_boxes=8, bev_aug=True, seed=5)
+    assert not torch.allclose(batch.bev_aug[0], torch.eye(4, dtype=batch.bev_aug.dtype))
+    boxes, labels, attrs = batch.detection_targets("cpu")
+    t = center_targets(boxes, labels, attrs, grid, cfg.num_classes, 0.1, 1)
+    assert bool(t["mask"].all())
+    maps = torch.zeros(1, 10, grid.H * grid.W)
+    maps[0, :, t["ind"][0]] = t["code"][0].t()
+    reg = dict(zip([k for k, _ in REG_HEADS], maps.view(1, 10, grid.H, grid.W).split([c for _, c in REG_HEADS], 1)))
+    reg["attr"] = torch.zeros(1, cfg.num_attrs, grid.H, grid.W)
+    dets = decode(torch.logit(t["heatmap"].clamp(1e-4, 1 - 1e-4)), reg, grid, cfg, batch.bev_aug)[0]
+    top = dets["scores"] > 0.99  # the peaks; Gaussian shoulders decode as lower-scored neighbours
+    gt = transform_boxes(boxes[0], torch.linalg.inv(batch.bev_aug[0].float()))
+    got = dets["boxes"][top]
+    assert got.shape[0] == gt.shape[0]
+    match = torch.cdist(gt[:, :2], got[:, :2]).argmin(1)
+    assert sorted(match.tolist()) == list(range(gt.shape[0]))
+    assert dets["labels"][top][match].tolist() == labels[0].tolist()
+    torch.testing.assert_close(got[match, :6], gt[:, :6], atol=1e-3, rtol=1e-4)
+    dyaw = torch.remainder(got[match, 6] - gt[:, 6] + math.pi, 2 * math.pi) - math.pi
+    assert float(dyaw.abs().max()) < 1e-3
+    torch.testing.assert_close(got[match, 7:], gt[:, 7:], atol=1e-3, rtol=1e-4)
 
 
 def test_circle_nms_suppresses_same_class_neighbours_only():
