@@ -9,7 +9,8 @@ model's state dict (e.g. ``timm.create_model("resnet50", pretrained=True).state_
 ``torch.save`` on a machine with internet, or the ``model.safetensors`` of a timm Hugging Face repo:
 copy that file to the offline machine and set ``model.backbone.weights=/path/to/file``), or an
 mmdet/mmdet3d checkpoint: its ``backbone.*`` (FCOS, FCOS3D) or ``img_backbone.*`` (BEVFormer v2 release)
-keys are taken, prefix stripped; mmdet's ResNet names its tensors like torchvision/timm (``conv1``,
+keys are taken, prefix stripped, or a bevstream weights file of any detector family (``backbone.body.*``:
+e.g. a BEVNeXt started from the image backbone of a BEVFormer v2 run); mmdet's ResNet names its tensors like torchvision/timm (``conv1``,
 ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``), so they map one to one. Other keys of such
 a file (neck, heads) are ignored here; ``train.init_from`` maps ``img_neck.*`` for a whole detector.
 Caveat: mmdet "caffe"-style ResNets put the stride in the 1x1 conv and expect BGR 0-255 mean-only
@@ -35,8 +36,10 @@ from .config import BackboneConfig
 
 log = logging.getLogger("bev_model")
 
-MMDET_BACKBONE_PREFIXES = ("img_backbone.", "backbone.")
-"""Prefixes of the backbone's keys in mmdet3d (BEVFormer v2: ``img_backbone.``) and mmdet (FCOS: ``backbone.``)."""
+BACKBONE_PREFIXES = ("backbone.body.", "img_backbone.", "backbone.")
+"""Prefixes of the backbone's keys in bevstream's own detectors (``backbone.body.``: any family's weights file,
+e.g. ``RUN/checkpoints/step_X/weights_fp32.pt``), mmdet3d (BEVFormer v2: ``img_backbone.``) and mmdet (FCOS:
+``backbone.``)."""
 
 
 def unwrap_state_dict(state: object) -> object:
@@ -48,14 +51,15 @@ def unwrap_state_dict(state: object) -> object:
 
 
 def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict in timm or mmdet naming -> the backbone's tensors in timm naming.
+    """A state dict in timm, bevstream or mmdet naming -> the backbone's tensors in timm naming.
 
-    ``img_backbone.layer1.0.conv1.weight`` / ``backbone.layer1.0.conv1.weight`` -> ``layer1.0.conv1.weight``
+    ``backbone.body.layer1.0.conv1.weight`` / ``img_backbone.layer1.0.conv1.weight`` /
+    ``backbone.layer1.0.conv1.weight`` -> ``layer1.0.conv1.weight``
     (the first prefix present wins; a leading ``module.`` is dropped). A plain timm state dict is returned
     as it is.
     """
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    for prefix in MMDET_BACKBONE_PREFIXES:
+    for prefix in BACKBONE_PREFIXES:
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if sub:
             return sub

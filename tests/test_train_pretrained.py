@@ -121,6 +121,19 @@ def test_mmdet3d_bevformer_v2_release_maps_backbone_and_neck(tmp_path, tiny_pair
         assert torch.equal(now[k], expected), k
 
 
+def test_backbone_weights_from_a_bevstream_run_of_another_family(tmp_path, tiny_pair):
+    """A BEVFormer v2 run's weights file is a valid ``backbone.weights`` for a BEVNeXt (``backbone.body.*``)."""
+    _, source, _ = tiny_pair
+    path = tmp_path / "weights_fp32.pt"
+    torch.save({**source, "backbone.extra.not_a_tensor_of_the_backbone": torch.zeros(1)}, path)
+    cfg = get_preset("bevnext_tiny")
+    cfg.backbone.weights = str(path)
+    loaded = build_model(cfg).backbone.state_dict()
+    assert len(loaded) > 100
+    for k, v in loaded.items():
+        assert torch.equal(v, source[f"backbone.{k}"]), k
+
+
 def _cli(tmp_path, shards, *extra):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "train", "--config", "configs/tiny.yaml", f"data.shards={shards}",
