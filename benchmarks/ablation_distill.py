@@ -3,8 +3,8 @@
     python benchmarks/ablation_distill.py --out demo_out                       # teacher once, 3 seeds x 6 variants
     python benchmarks/ablation_distill.py --out /tmp/abl --steps 2 --teacher-steps 2 --seeds 0 --variants student all
 
-Not run in full on the 2-core development machine (18 student trainings + a teacher); ``tests/test_ablation_distill.py``
-checks its plan. Steps:
+The whole plan is 18 student trainings and a teacher: about 3.5 hours on 2 CPU cores at ``--steps 200``
+(results in ``docs/experiments.md``); ``tests/test_ablation_distill.py`` checks the plan. Steps:
 
 1. the world and its shards, built **with LiDAR** (``python -m shards build --lidar``) under ``OUT/shards_lidar``;
 2. the teacher: ``python -m train --config configs/lidar_tiny.yaml`` for ``--teacher-steps`` into
