@@ -12,8 +12,8 @@ mmdet/mmdet3d checkpoint: its ``backbone.*`` (FCOS, FCOS3D) or ``img_backbone.*`
 keys are taken, prefix stripped, or a bevstream weights file of any detector family (``backbone.body.*``:
 e.g. a BEVNeXt started from the image backbone of a BEVFormer v2 run). mmdet's ResNet names its tensors
 like torchvision/timm (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``), so they map one
-to one. Other keys of such
-a file (neck, heads) are ignored here; ``train.init_from`` maps ``img_neck.*`` for a whole detector.
+to one. Other keys of such a file (neck, heads) are ignored here; ``train.init_from`` maps ``img_neck.*``
+for a whole detector.
 Caveat: mmdet "caffe"-style ResNets put the stride in the 1x1 conv and expect BGR 0-255 mean-only
 inputs; the names and shapes match timm's ResNet but the network differs slightly (fine-tuning adapts).
 
