@@ -28,7 +28,10 @@ reused, an interrupted training resumes (``--resume auto``). The run loop and th
 
 Printed: NDS, mAP, mATE, mAOE, mAVE and ``step s`` of every run, the mean wall seconds per optimizer step after
 start-up (``train.ablation.step_time``: from the trainer's ``logs/train.jsonl``, intervals with a checkpoint save
-or a resume left out; BEVNeXt's includes its EMA update, which BEVFormer v2's config does not run); mean +- std
+or a resume left out; BEVNeXt's includes its EMA update, which BEVFormer v2's config does not run), and for BEVNeXt
+runs the depth columns ``obj miss`` / ``bg miss``: the fraction of stride-8 patches with LiDAR on GT objects / on the
+rest whose arg-max depth bin is more than one bin off (``eval.depth`` on 20 ``mini_val`` samples, unaugmented; what
+the CRF is meant to improve, measurable before the detector detects); mean +- std
 per variant; the paired (same seed) differences ``bevnext - bevformer_v2``, ``bevnext - bevnext_crf_off``,
 ``bevnext_crf_active - bevnext_crf_off`` and ``bevnext_s2 - bevnext_s1_cont``. Everything goes to
 ``OUT/ablation_bevnext/results.json``.
@@ -38,10 +41,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
+from eval.depth import DepthRow, depth_quality, overall
+from eval.inference import eval_loader_config, load_model
+from pipeline.loader import build_loader
 from shards.contracts.checkpoint import EMA_WEIGHTS, WEIGHTS
 from train import workflow
 from train.ablation import RunPlan, add_run_args, check_train_shards, execute, parse_run_args, step_time
@@ -85,9 +93,37 @@ METRICS: tuple[tuple[str, str], ...] = (("NDS", "nd_score"), ("mAP", "mean_ap"),
                                          ("mAOE", "orient_err"), ("mAVE", "vel_err"))
 """Column name -> key in ``metrics_summary.json`` (top level, or under ``tp_errors``)."""
 STEP_S = "step s"
-COLUMNS = (*(c for c, _ in METRICS), STEP_S)
+DEPTH_COLUMNS = {"obj miss": "on objects", "bg miss": "background"}
+"""Depth columns -> ``eval.depth`` group: the fraction of the group's patches (LiDAR in them) whose arg-max depth bin
+is more than one bin from the LiDAR bin, on ``mini_val`` without augmentation."""
+DEPTH_SAMPLES, DEPTH_EVERY = 20, 3
+"""The depth columns score every ``DEPTH_EVERY``-th ``mini_val`` sample, ``DEPTH_SAMPLES`` of them."""
+COLUMNS = (*(c for c, _ in METRICS), STEP_S, *DEPTH_COLUMNS)
 NOTE = ("(step s: mean wall seconds per optimizer step after start-up, from logs/train.jsonl; the paper, R50 "
         "256x704 val: BEVNeXt 56.0 NDS / 45.6 mAP)")
+
+
+def depth_columns(p: RunPlan, val_shards: Path, steps: int) -> dict[str, float]:
+    """The :data:`DEPTH_COLUMNS` of a BEVNeXt run (NaN for BEVFormer v2, which has no depth), from the weights eval
+    scores; the table is kept in ``RUN/eval/depth_quality.json`` and reused while it names the same weights."""
+    if VARIANTS[p.variant].config == BEVFORMER:
+        return {c: math.nan for c in DEPTH_COLUMNS}
+    weights = p.eval_checkpoint(steps)
+    cache = p.dir / "eval" / "depth_quality.json"
+    rows = None
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("checkpoint") == str(weights) and saved.get("samples") == [DEPTH_SAMPLES, DEPTH_EVERY]:
+            rows = [DepthRow(**r) for r in saved["rows"]]
+    if rows is None:
+        print(f"  depth quality of {weights} ({DEPTH_SAMPLES} mini_val samples)", flush=True)
+        model, run_cfg = load_model(weights)
+        data = eval_loader_config(str(val_shards), run_cfg.get("data"), num_workers=0, overrides={"load_points": True})
+        rows = depth_quality(model, islice(build_loader(data), 0, None, DEPTH_EVERY), DEPTH_SAMPLES)
+        cache.write_text(json.dumps({"checkpoint": str(weights), "samples": [DEPTH_SAMPLES, DEPTH_EVERY],
+                                     "rows": [r.to_dict() for r in rows]}, indent=1) + "\n")
+    by_group = overall(rows)
+    return {c: 1.0 - by_group[g].within_1 if g in by_group else math.nan for c, g in DEPTH_COLUMNS.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                    lambda out: prepare_data(args, out), lambda out: build_plan(args, out), runs_dir=TOOL,
                    info={"configs": {v: VARIANTS[v].config for v in args.variants}}, metrics=METRICS, columns=COLUMNS,
                    pairs=PAIRS, describe={k: v.text for k, v in VARIANTS.items()}, note=NOTE, tool=TOOL,
-                   extra=lambda p: {STEP_S: step_time(p.dir)})
+                   extra=lambda p: {STEP_S: step_time(p.dir),
+                                    **depth_columns(p, args.out.resolve() / "shards_lidar" / "mini_val", args.steps)})
 
 
 if __name__ == "__main__":
