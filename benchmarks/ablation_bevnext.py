@@ -29,9 +29,11 @@ reused, an interrupted training resumes (``--resume auto``). The run loop and th
 Printed: NDS, mAP, mATE, mAOE, mAVE and ``step s`` of every run, the mean wall seconds per optimizer step after
 start-up (``train.ablation.step_time``: from the trainer's ``logs/train.jsonl``, intervals with a checkpoint save
 or a resume left out; BEVNeXt's includes its EMA update, which BEVFormer v2's config does not run), and for BEVNeXt
-runs the depth columns ``obj miss`` / ``bg miss``: the fraction of stride-8 patches with LiDAR on GT objects / on the
-rest whose arg-max depth bin is more than one bin off (``eval.depth`` on 20 ``mini_val`` samples, unaugmented; what
-the CRF is meant to improve, measurable before the detector detects); mean +- std
+runs four probes that move before mAP does: ``obj miss``, the fraction of stride-8 patches with LiDAR on GT
+objects whose arg-max depth bin is more than one bin off (``eval.depth``, 20 unaugmented ``mini_val`` samples; what the
+CRF is meant to improve), and at the GT centre cells (``eval.centres``, every ``mini_val`` sample streamed as eval
+does): ``ctr miss`` (1 - heatmap recall), ``ctr vel`` (m/s, what the history of stage 2 should improve) and ``ctr yaw``
+(rad); mean +- std
 per variant; the paired (same seed) differences ``bevnext - bevformer_v2``, ``bevnext - bevnext_crf_off``,
 ``bevnext_crf_active - bevnext_crf_off`` and ``bevnext_s2 - bevnext_s1_cont``. Everything goes to
 ``OUT/ablation_bevnext/results.json``.
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from eval.centres import centre_quality
 from eval.depth import DepthRow, depth_quality, overall
 from eval.inference import eval_loader_config, load_model
 from pipeline.loader import build_loader
@@ -93,37 +96,62 @@ METRICS: tuple[tuple[str, str], ...] = (("NDS", "nd_score"), ("mAP", "mean_ap"),
                                          ("mAOE", "orient_err"), ("mAVE", "vel_err"))
 """Column name -> key in ``metrics_summary.json`` (top level, or under ``tp_errors``)."""
 STEP_S = "step s"
-DEPTH_COLUMNS = {"obj miss": "on objects", "bg miss": "background"}
-"""Depth columns -> ``eval.depth`` group: the fraction of the group's patches (LiDAR in them) whose arg-max depth bin
-is more than one bin from the LiDAR bin, on ``mini_val`` without augmentation."""
+DEPTH_COLUMNS = {"obj miss": "on objects"}
+"""Depth column -> ``eval.depth`` group: the fraction of the group's stride-8 patches (LiDAR in them) whose arg-max
+depth bin is more than one bin from the LiDAR bin, on ``mini_val`` without augmentation."""
 DEPTH_SAMPLES, DEPTH_EVERY = 20, 3
-"""The depth columns score every ``DEPTH_EVERY``-th ``mini_val`` sample, ``DEPTH_SAMPLES`` of them."""
-COLUMNS = (*(c for c, _ in METRICS), STEP_S, *DEPTH_COLUMNS)
+"""The depth column scores every ``DEPTH_EVERY``-th ``mini_val`` sample, ``DEPTH_SAMPLES`` of them."""
+CENTRE_COLUMNS = {"ctr miss": "recall", "ctr vel": "vel_err", "ctr yaw": "yaw_err"}
+"""Centre columns -> ``eval.centres.CentreStats`` field (``ctr miss`` is 1 - recall), on every ``mini_val`` sample in
+scene order, streamed as eval does (a temporal model with its history)."""
+COLUMNS = (*(c for c, _ in METRICS), STEP_S, *DEPTH_COLUMNS, *CENTRE_COLUMNS)
 NOTE = ("(step s: mean wall seconds per optimizer step after start-up, from logs/train.jsonl; the paper, R50 "
         "256x704 val: BEVNeXt 56.0 NDS / 45.6 mAP)")
 
 
-def depth_columns(p: RunPlan, val_shards: Path, steps: int) -> dict[str, float]:
-    """The :data:`DEPTH_COLUMNS` of a BEVNeXt run (NaN for BEVFormer v2, which has no depth), from the weights eval
-    scores; the table is kept in ``RUN/eval/depth_quality.json`` and reused while it names the same weights."""
-    if VARIANTS[p.variant].config == BEVFORMER:
-        return {c: math.nan for c in DEPTH_COLUMNS}
-    weights = p.eval_checkpoint(steps)
-    cache = p.dir / "eval" / "depth_quality.json"
-    rows = None
+def _cached(p: RunPlan, name: str, weights: Path, settings: list, compute):
+    """``compute()`` (a JSON-able value), kept in ``RUN/eval/{name}.json`` and reused while it names the same weights
+    and settings."""
+    cache = p.dir / "eval" / f"{name}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved.get("checkpoint") == str(weights) and saved.get("samples") == [DEPTH_SAMPLES, DEPTH_EVERY]:
-            rows = [DepthRow(**r) for r in saved["rows"]]
-    if rows is None:
-        print(f"  depth quality of {weights} ({DEPTH_SAMPLES} mini_val samples)", flush=True)
-        model, run_cfg = load_model(weights)
-        data = eval_loader_config(str(val_shards), run_cfg.get("data"), num_workers=0, overrides={"load_points": True})
-        rows = depth_quality(model, islice(build_loader(data), 0, None, DEPTH_EVERY), DEPTH_SAMPLES)
-        cache.write_text(json.dumps({"checkpoint": str(weights), "samples": [DEPTH_SAMPLES, DEPTH_EVERY],
-                                     "rows": [r.to_dict() for r in rows]}, indent=1) + "\n")
-    by_group = overall(rows)
-    return {c: 1.0 - by_group[g].within_1 if g in by_group else math.nan for c, g in DEPTH_COLUMNS.items()}
+        if saved.get("checkpoint") == str(weights) and saved.get("settings") == settings:
+            return saved["value"]
+    print(f"  {name.replace('_', ' ')} of {weights}", flush=True)
+    value = compute()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"checkpoint": str(weights), "settings": settings, "value": value}, indent=1) + "\n")
+    return value
+
+
+def probe_columns(p: RunPlan, val_shards: Path, steps: int) -> dict[str, float]:
+    """The :data:`DEPTH_COLUMNS` and :data:`CENTRE_COLUMNS` of a BEVNeXt run (NaN for BEVFormer v2, which has neither
+    depth nor a dense head), from the weights eval scores; each kept in ``RUN/eval/`` (see :func:`_cached`)."""
+    if VARIANTS[p.variant].config == BEVFORMER:
+        return {c: math.nan for c in (*DEPTH_COLUMNS, *CENTRE_COLUMNS)}
+    weights = p.eval_checkpoint(steps)
+    loaded: list = []
+
+    def loader(**over):
+        if not loaded:
+            loaded.extend(load_model(weights))  # (model in eval mode, run config)
+        data = eval_loader_config(str(val_shards), loaded[1].get("data"), num_workers=0,
+                                  overrides={"load_points": True, **over})
+        return loaded[0], build_loader(data)
+
+    def depth():
+        model, batches = loader()
+        return [r.to_dict() for r in depth_quality(model, islice(batches, 0, None, DEPTH_EVERY), DEPTH_SAMPLES)]
+
+    def centres():
+        model, batches = loader(load_points=False)
+        return centre_quality(model, batches).to_dict()
+
+    rows = overall([DepthRow(**r) for r in _cached(p, "depth_quality", weights, [DEPTH_SAMPLES, DEPTH_EVERY], depth)])
+    ctr = _cached(p, "centre_quality", weights, ["all"], centres)
+    out = {c: 1.0 - rows[g].within_1 if g in rows else math.nan for c, g in DEPTH_COLUMNS.items()}
+    out.update({c: 1.0 - ctr[f] if f == "recall" else ctr[f] for c, f in CENTRE_COLUMNS.items()})
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                    info={"configs": {v: VARIANTS[v].config for v in args.variants}}, metrics=METRICS, columns=COLUMNS,
                    pairs=PAIRS, describe={k: v.text for k, v in VARIANTS.items()}, note=NOTE, tool=TOOL,
                    extra=lambda p: {STEP_S: step_time(p.dir),
-                                    **depth_columns(p, args.out.resolve() / "shards_lidar" / "mini_val", args.steps)})
+                                    **probe_columns(p, args.out.resolve() / "shards_lidar" / "mini_val", args.steps)})
 
 
 if __name__ == "__main__":

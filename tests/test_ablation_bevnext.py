@@ -158,7 +158,7 @@ def test_summary_means_and_paired_differences(abl):
     """Hand-computed: per-variant mean/std over seeds and same-seed differences (a seed without partner dropped)."""
     def m(nds: float, step: float) -> dict[str, float]:
         return {"NDS": nds, "mAP": nds / 2, "mATE": 1 - nds, "mAOE": 0.5, "mAVE": 0.8, abl.STEP_S: step,
-                "obj miss": 0.5 - nds, "bg miss": math.nan}
+                "obj miss": 0.5 - nds, "ctr miss": math.nan, "ctr vel": 1.0, "ctr yaw": 2.0}
 
     table = {("bevnext", 0): m(0.30, 1.5), ("bevnext", 1): m(0.34, 1.7), ("bevnext", 2): m(0.20, 1.6),
              ("bevformer_v2", 0): m(0.25, 1.0), ("bevformer_v2", 1): m(0.26, 1.2),
@@ -183,14 +183,14 @@ def test_summary_means_and_paired_differences(abl):
     assert s["pairs"]["bevnext - bevnext_crf_off"]["NDS"]["mean"] == pytest.approx(0.03)
     assert "bevnext_s2 - bevnext_s1_cont" not in s["pairs"]  # neither ran
     assert s["pairs"]["bevnext - bevnext_crf_off"]["obj miss"]["mean"] == pytest.approx(-0.03)
-    assert s["pairs"]["bevnext - bevnext_crf_off"]["bg miss"]["n"] == 0  # NaN (BEVFormer v2's columns) left out
+    assert s["pairs"]["bevnext - bevnext_crf_off"]["ctr miss"]["n"] == 0  # NaN (BEVFormer v2's columns) left out
     ablation.print_tables(runs, s, abl.COLUMNS, abl.NOTE)  # long pair names and NaN stds format without raising
 
 
-def test_depth_columns_score_the_evaluated_weights_and_are_kept(abl, tmp_path, synth_shards_lidar, capsys):
-    """A BEVNeXt run's depth columns come from its final EMA weights on the LiDAR shards, are kept in
-    ``RUN/eval/depth_quality.json`` (reused while it names the same weights and sampling) and are NaN for BEVFormer
-    v2, which has no depth."""
+def test_probe_columns_score_the_evaluated_weights_and_are_kept(abl, tmp_path, synth_shards_lidar, capsys):
+    """A BEVNeXt run's depth and centre columns come from its final EMA weights on the LiDAR shards, are kept in
+    ``RUN/eval/{depth,centre}_quality.json`` (reused while they name the same weights and sampling) and are NaN for
+    BEVFormer v2, which has neither depth nor a dense head."""
     import torch
 
     from bev_model import build_model, model_config_from_dict
@@ -204,16 +204,23 @@ def test_depth_columns_score_the_evaluated_weights_and_are_kept(abl, tmp_path, s
     torch.manual_seed(0)
     torch.save(build_model(model_config_from_dict(dict(model_section))).state_dict(), final / "weights_ema_fp32.pt")
     (final / "config.yaml").write_text(json.dumps({"model": model_section, "data": {"image_size": [32, 96]}}))
-    (bevnext.dir / "eval").mkdir()
-    cols = abl.depth_columns(bevnext, synth_shards_lidar, 4)
-    assert set(cols) == set(abl.DEPTH_COLUMNS) and all(0 < v <= 1 for v in cols.values())
-    saved = json.loads((bevnext.dir / "eval" / "depth_quality.json").read_text())
-    assert saved["checkpoint"] == str(final / "weights_ema_fp32.pt") and saved["samples"] == [abl.DEPTH_SAMPLES,
-                                                                                                abl.DEPTH_EVERY]
-    assert "depth quality of" in capsys.readouterr().out
-    for r in saved["rows"]:
+    cols = abl.probe_columns(bevnext, synth_shards_lidar, 4)
+    assert list(cols) == ["obj miss", "ctr miss", "ctr vel", "ctr yaw"]
+    assert 0 < cols["obj miss"] <= 1 and 0 <= cols["ctr miss"] <= 1 and cols["ctr vel"] > 0
+    assert 0 < cols["ctr yaw"] <= math.pi
+    depth = json.loads((bevnext.dir / "eval" / "depth_quality.json").read_text())
+    centre = json.loads((bevnext.dir / "eval" / "centre_quality.json").read_text())
+    assert depth["checkpoint"] == centre["checkpoint"] == str(final / "weights_ema_fp32.pt")
+    assert depth["settings"] == [abl.DEPTH_SAMPLES, abl.DEPTH_EVERY]
+    assert centre["value"]["samples"] == json.loads((synth_shards_lidar / "manifest.json").read_text())["num_samples"]
+    out = capsys.readouterr().out
+    assert "depth quality of" in out and "centre quality of" in out
+    for r in depth["value"]:
         r["within_1"] = 0.25
-    (bevnext.dir / "eval" / "depth_quality.json").write_text(json.dumps(saved))
-    assert abl.depth_columns(bevnext, synth_shards_lidar, 4) == {c: 0.75 for c in abl.DEPTH_COLUMNS}
-    assert "depth quality of" not in capsys.readouterr().out  # reused, not recomputed
-    assert all(math.isnan(v) for v in abl.depth_columns(bevformer, synth_shards_lidar, 4).values())
+    centre["value"]["recall"] = 0.125
+    (bevnext.dir / "eval" / "depth_quality.json").write_text(json.dumps(depth))
+    (bevnext.dir / "eval" / "centre_quality.json").write_text(json.dumps(centre))
+    again = abl.probe_columns(bevnext, synth_shards_lidar, 4)
+    assert (again["obj miss"], again["ctr miss"], again["ctr vel"]) == (0.75, 0.875, cols["ctr vel"])
+    assert "quality of" not in capsys.readouterr().out  # reused, not recomputed
+    assert all(math.isnan(v) for v in abl.probe_columns(bevformer, synth_shards_lidar, 4).values())

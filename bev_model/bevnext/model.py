@@ -257,6 +257,14 @@ class BEVNeXt(nn.Module):
     def predict(self, batch, history: FrustumHistory | None = None) -> list[dict[str, torch.Tensor]]:
         """Detections per sample: ``boxes [K, 9]`` (un-augmented ego frame of the current frame), ``scores [K]``,
         ``labels [K]``, ``attrs [K]`` (-1 none). ``history`` (T == 1 batches) supplies and receives past frames."""
+        out = self.predict_maps(batch, history)
+        return decode(out["heat"].float(), {k: v.float() for k, v in out["reg"].items()}, self.grid, self.cfg,
+                      batch.bev_aug)
+
+    @torch.no_grad()
+    def predict_maps(self, batch, history: FrustumHistory | None = None) -> dict:
+        """The dense outputs before decoding: ``heat [B, K, H, W]`` logits and ``reg`` (``REG_HEADS`` maps + ``attr``,
+        each ``[B, c, H, W]``) in the augmented frame; ``history`` as :meth:`predict`."""
         out = self._run(batch, history)
         B = out["heat"].shape[0]
         if history is not None:
@@ -267,8 +275,7 @@ class BEVNeXt(nn.Module):
             for b, scene in enumerate(batch.scene_token):
                 history.push(scene, _Frame(batch.ego2global[b, out["cur"]].double().cpu(), aug[b].double().cpu(),
                                            batch.ego2img[b, out["cur"]].float(), depth[b], context[b]))
-        return decode(out["heat"].float(), {k: v.float() for k, v in out["reg"].items()}, self.grid, self.cfg,
-                      batch.bev_aug)
+        return out
 
     def new_history(self) -> FrustumHistory:
         return FrustumHistory(max_frames=-min(self.cfg.temporal.offsets))
