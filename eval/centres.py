@@ -16,7 +16,9 @@ Three numbers that move long before mAP does:
   score pi / 2 on any GT; ``axis_err`` the same modulo pi (in ``[0, pi / 2]``: a reversed heading counts 0; random
   headings score pi / 4).
 
-``speed`` (the mean GT speed, m/s) is the ``vel_err`` of a model that predicts zero velocity.
+``speed`` (the mean GT speed, m/s) is the ``vel_err`` of a model that predicts zero velocity; ``rot_norm`` the mean
+length of the predicted (sin, cos): near 0 where the rotation branch has not decided on a heading (the L1 optimum
+between opposite ones). ``per_class`` repeats the box-level numbers for each class with GT.
 
 Batches run through ``model.predict_maps`` with a history from ``model.new_history()``, as ``python -m eval``
 streams them, so a temporal model sees its past frames; feed consecutive samples of each scene in order.
@@ -34,12 +36,14 @@ from itertools import islice
 import torch
 
 from bev_model.bevnext.head import center_targets, gather_code
+from shards.conventions import CLASSES
 
 
 @dataclass(frozen=True)
 class CentreStats:
     """``samples`` scored, ``objects``: GT centre cells (``recall``), ``moving``: GT boxes with a finite velocity
-    (``vel_err``); ``yaw_err`` is over every GT box on the grid."""
+    (``vel_err``, ``speed``); ``yaw_err``, ``axis_err`` and ``rot_norm`` are over every GT box on the grid;
+    ``per_class``: class name -> ``{boxes, moving, vel_err, speed, yaw_err, axis_err, rot_norm}``."""
 
     samples: int
     objects: int
@@ -49,21 +53,25 @@ class CentreStats:
     yaw_err: float
     axis_err: float
     speed: float
+    rot_norm: float
+    per_class: dict[str, dict[str, float]]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def centre_errors(heat: torch.Tensor, reg: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
-                  ) -> dict[str, torch.Tensor]:
+def centre_errors(heat: torch.Tensor, reg: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                  labels: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """One batch's per-object values.
 
     Args:
         heat: ``[B, K, H, W]`` heatmap logits; reg: the ``REG_HEADS`` maps ``[B, c, H, W]``;
-        targets: :func:`bev_model.bevnext.head.center_targets` of the batch's GT (same grid, same frame).
+        targets: :func:`bev_model.bevnext.head.center_targets` of the batch's GT (same grid, same frame);
+        labels: B x ``[G_b]`` the GT's class indices (as given to ``center_targets``).
     Returns:
-        ``hit [C]`` float (1: the centre cell is among the top-scoring cells; C unique cells over the batch),
-        ``vel [V]`` (m/s), ``speed [V]`` (the GT speed, m/s), ``yaw [G]`` (rad, in ``[0, pi]``).
+        ``hit [C]`` float (1: the centre cell is among the top-scoring cells; C unique cells over the batch);
+        per GT box on the grid: ``label [G]``, ``yaw [G]`` (rad, in ``[0, pi]``), ``rot_norm [G]``, ``moving [G]``
+        bool (finite GT velocity), ``vel [G]`` (m/s; NaN where not moving), ``speed [G]`` (GT, m/s).
     """
     mask, ind = targets["mask"], targets["ind"]
     score = heat.float().amax(1).flatten(1)  # [B, H W]
@@ -75,12 +83,22 @@ def centre_errors(heat: torch.Tensor, reg: dict[str, torch.Tensor], targets: dic
             hits.append(torch.isin(cells, top).float())
     pred = gather_code(reg, ind).float()[mask]  # [G, 10]
     gt = targets["code"][mask]
+    label = torch.cat([lab.to(mask.device)[mask[b, :len(lab)]] for b, lab in enumerate(labels)])
     moving = torch.isfinite(gt[:, 8:10]).all(-1)
-    vel = (pred[moving, 8:10] - gt[moving, 8:10]).norm(dim=-1)
     diff = torch.atan2(pred[:, 6], pred[:, 7]) - torch.atan2(gt[:, 6], gt[:, 7])
-    yaw = torch.remainder(diff + math.pi, 2 * math.pi).sub(math.pi).abs()
-    return {"hit": torch.cat(hits) if hits else heat.new_zeros(0), "vel": vel, "speed": gt[moving, 8:10].norm(dim=-1),
-            "yaw": yaw}
+    return {"hit": torch.cat(hits) if hits else heat.new_zeros(0), "label": label,
+            "yaw": torch.remainder(diff + math.pi, 2 * math.pi).sub(math.pi).abs(), "rot_norm": pred[:, 6:8].norm(dim=-1),
+            "moving": moving, "vel": (pred[:, 8:10] - gt[:, 8:10]).norm(dim=-1), "speed": gt[:, 8:10].norm(dim=-1)}
+
+
+def box_stats(e: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Box-level means of :func:`centre_errors` values (NaN where there is nothing to average)."""
+    def mean(x: torch.Tensor) -> float:
+        return float(x.mean()) if len(x) else math.nan
+
+    m, yaw = e["moving"], e["yaw"]
+    return {"boxes": len(yaw), "moving": int(m.sum()), "vel_err": mean(e["vel"][m]), "speed": mean(e["speed"][m]),
+            "yaw_err": mean(yaw), "axis_err": mean(torch.minimum(yaw, math.pi - yaw)), "rot_norm": mean(e["rot_norm"])}
 
 
 @torch.no_grad()
@@ -90,24 +108,33 @@ def centre_quality(model, batches: Iterable, samples: int | None = None) -> Cent
         raise ValueError(f"centre quality needs a dense-head model (BEVNeXt); got {type(model).__name__}")
     cfg, h = model.cfg, model.cfg.head
     history = model.new_history()
-    parts: dict[str, list[torch.Tensor]] = {"hit": [], "vel": [], "speed": [], "yaw": []}
+    parts: dict[str, list[torch.Tensor]] = {}
     n = 0
     for batch in islice(batches, samples):
         out = model.predict_maps(batch, history)
         boxes, labels, attrs = batch.detection_targets(out["heat"].device)
         t = center_targets(boxes, labels, attrs, model.grid, cfg.num_classes, h.gaussian_overlap, h.min_radius)
-        for k, v in centre_errors(out["heat"], out["reg"], t).items():
-            parts[k].append(v.cpu())
+        for k, v in centre_errors(out["heat"], out["reg"], t, labels).items():
+            parts.setdefault(k, []).append(v.cpu())
         n += out["heat"].shape[0]
     if n == 0:
         raise ValueError("centre quality: the loader yielded no batch")
-    hit, vel, speed, yaw = (torch.cat(parts[k]) for k in ("hit", "vel", "speed", "yaw"))
+    e = {k: torch.cat(v) for k, v in parts.items()}
+    hit = e.pop("hit")
+    overall = box_stats(e)
+    per_class = {CLASSES[c]: box_stats({k: v[e["label"] == c] for k, v in e.items()})
+                 for c in e["label"].unique().tolist()}
+    return CentreStats(n, len(hit), overall["moving"], float(hit.mean()) if len(hit) else math.nan, overall["vel_err"],
+                       overall["yaw_err"], overall["axis_err"], overall["speed"], overall["rot_norm"], per_class)
 
-    def mean(x: torch.Tensor) -> float:
-        return float(x.mean()) if len(x) else math.nan
 
-    return CentreStats(n, len(hit), len(vel), mean(hit), mean(vel), mean(yaw), mean(torch.minimum(yaw, math.pi - yaw)),
-                       mean(speed))
+def format_per_class(stats: CentreStats) -> str:
+    """``stats.per_class`` as a table, one row per class."""
+    cols = ("boxes", "yaw_err", "axis_err", "rot_norm", "vel_err", "speed")
+    lines = [f"{'class':<22}" + "".join(f"{c:>10}" for c in cols)]
+    for name, row in stats.per_class.items():
+        lines.append(f"{name:<22}" + "".join(f"{row[c]:>10}" if c == "boxes" else f"{row[c]:>10.2f}" for c in cols))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,13 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", required=True, help="checkpoint dir (its weights_fp32.pt) or a weights file in one")
     ap.add_argument("--shards", required=True, help="shards dir or manifest (streamed as python -m eval does)")
     ap.add_argument("--samples", type=int, default=None, help="at most this many samples (default: all)")
+    ap.add_argument("--per-class", action="store_true", help="also print the per-class table")
     args = ap.parse_args(argv)
     model, run_cfg = load_model(args.checkpoint)
     data = eval_loader_config(args.shards, run_cfg.get("data"), num_workers=0)
-    print(json.dumps({"checkpoint": args.checkpoint, **centre_quality(model, build_loader(data), args.samples).to_dict()}))
+    stats = centre_quality(model, build_loader(data), args.samples)
+    if args.per_class:
+        print(format_per_class(stats))
+    print(json.dumps({"checkpoint": args.checkpoint, **{k: v for k, v in stats.to_dict().items() if k != "per_class"}}))
 
 
-__all__ = ["CentreStats", "centre_errors", "centre_quality"]
+__all__ = ["CentreStats", "box_stats", "centre_errors", "centre_quality", "format_per_class"]
 
 
 if __name__ == "__main__":

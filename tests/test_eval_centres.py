@@ -11,7 +11,7 @@ import torch
 from bev_model import build_model, get_preset, model_config_from_dict
 from bev_model.bevnext.head import REG_HEADS, center_targets
 from bev_model.synthetic import make_batch
-from eval.centres import centre_errors, centre_quality
+from eval.centres import box_stats, centre_errors, centre_quality, format_per_class
 
 
 def _ideal(seed: int = 5):
@@ -26,13 +26,15 @@ def _ideal(seed: int = 5):
         maps[b, :, t["ind"][b][t["mask"][b]]] = t["code"][b][t["mask"][b]].t()
     reg = dict(zip([k for k, _ in REG_HEADS], maps.view(2, 10, grid.H, grid.W).split([c for _, c in REG_HEADS], 1)))
     heat = torch.logit(t["heatmap"].clamp(1e-4, 1 - 1e-4))
-    return heat, reg, t
+    return heat, reg, t, labels
 
 
 def test_a_perfect_model_scores_perfectly_and_each_error_is_in_its_units():
-    heat, reg, t = _ideal()
+    heat, reg, t, labels = _ideal()
     G = int(t["mask"].sum())
-    e = centre_errors(heat, reg, t)
+    e = centre_errors(heat, reg, t, labels)
+    assert e["label"].tolist() == torch.cat(labels).tolist() and bool(e["moving"].all())
+    assert e["rot_norm"] == pytest.approx(torch.ones(G))
     assert len(e["hit"]) == len(t["ind"][0][t["mask"][0]].unique()) + len(t["ind"][1][t["mask"][1]].unique())
     assert float(e["hit"].mean()) == 1.0 and e["yaw"].shape == (G,) and float(e["yaw"].max()) < 1e-4
     assert e["vel"].shape == (G,) and float(e["vel"].max()) < 1e-5
@@ -42,17 +44,19 @@ def test_a_perfect_model_scores_perfectly_and_each_error_is_in_its_units():
     bad = {k: v.clone() for k, v in reg.items()}
     bad["vel"] += torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
     bad["rot"] = -bad["rot"]
-    e = centre_errors(heat.roll(3, dims=3), bad, t)
+    e = centre_errors(heat.roll(3, dims=3), bad, t, labels)
     assert e["vel"] == pytest.approx(torch.full((G,), 5.0), abs=1e-4)
     assert e["yaw"] == pytest.approx(torch.full((G,), math.pi), abs=1e-4)
     assert float(e["hit"].mean()) < 0.5
 
 
 def test_velocity_error_leaves_out_gt_without_velocity():
-    heat, reg, t = _ideal()
+    heat, reg, t, labels = _ideal()
     t["code"][0, 0, 8] = float("nan")
-    e = centre_errors(heat, reg, t)
-    assert e["vel"].shape[0] == int(t["mask"].sum()) - 1 and bool(torch.isfinite(e["vel"]).all())
+    e = centre_errors(heat, reg, t, labels)
+    assert int(e["moving"].sum()) == int(t["mask"].sum()) - 1 and bool(torch.isfinite(e["vel"][e["moving"]]).all())
+    stats = box_stats(e)
+    assert stats["moving"] == int(t["mask"].sum()) - 1 and stats["vel_err"] < 1e-5 and stats["yaw_err"] < 1e-4
 
 
 def test_centre_quality_streams_a_temporal_model_with_its_history():
@@ -65,6 +69,9 @@ def test_centre_quality_streams_a_temporal_model_with_its_history():
     assert stats.samples == 2 and stats.objects > 0 and stats.moving > 0
     assert 0 <= stats.recall <= 1 and math.isfinite(stats.vel_err) and 0 <= stats.yaw_err <= math.pi
     assert 0 <= stats.axis_err <= min(stats.yaw_err, math.pi / 2) and stats.speed > 0
+    assert sum(r["boxes"] for r in stats.per_class.values()) >= stats.objects  # boxes sharing a cell count apart
+    assert sum(r["moving"] for r in stats.per_class.values()) == stats.moving
+    assert len(format_per_class(stats).splitlines()) == 1 + len(stats.per_class)
     with pytest.raises(ValueError, match="yielded no batch"):
         centre_quality(model, [])
     with pytest.raises(ValueError, match="dense-head model"):
