@@ -117,7 +117,7 @@ def depth_quality(model, batches: Iterable, samples: int | None = None) -> list[
                              "loader with load_points)")
         imgs = batch.imgs.to(dev)  # [B, T, N, 3, H, W]
         B, N = imgs.shape[0], imgs.shape[2]
-        depth, _ = model.depth_and_context(imgs[:, -1], model._cams(batch, -1))  # [B N, D, h, w]
+        depth, _ = model.depth_and_context(imgs[:, -1], model.camera_inputs(batch, -1))  # [B N, D, h, w]
         depth = depth.view(B, N, *depth.shape[1:])
         boxes, _, _ = batch.detection_targets(dev)
         for b in range(B):

@@ -160,7 +160,8 @@ class BEVNeXt(nn.Module):
         raise ValueError(f"batch has {T} frames; the model needs 1 or len(temporal.offsets) = {len(offsets)} "
                          f"(offsets {list(offsets)}; set data.offsets to match)")
 
-    def _cams(self, batch, t: int) -> torch.Tensor:
+    def camera_inputs(self, batch, t: int) -> torch.Tensor:
+        """The depth net's camera numbers ``[B, N, 27]`` of frame ``t`` of ``batch`` (``depth.camera_params``)."""
         aug = batch.bev_aug.to(batch.imgs.device).float()
         return camera_params(batch.intrinsics[:, t].float(), batch.img_aug[:, t].float(), aug,
                              batch.cam2ego[:, t].float(), tuple(batch.imgs.shape[-2:]))
@@ -170,7 +171,7 @@ class BEVNeXt(nn.Module):
         B, T, N = imgs.shape[:3]
         image_hw = tuple(imgs.shape[-2:])
         cur = self.frame_index(T)
-        depth, context = self.depth_and_context(imgs[:, cur], self._cams(batch, cur))
+        depth, context = self.depth_and_context(imgs[:, cur], self.camera_inputs(batch, cur))
         e2i_cur = batch.ego2img[:, cur].float()
         frames = [self.lift_frame(depth, context, e2i_cur, image_hw)]
         offsets = self.cfg.temporal.offsets
@@ -179,7 +180,7 @@ class BEVNeXt(nn.Module):
             with torch.no_grad(), eval_mode([self.backbone, self.neck, self.depth_net, self.pre_bev]):
                 if T == len(offsets):
                     for t in range(T - 2, -1, -1):
-                        d, c = self.depth_and_context(imgs[:, t], self._cams(batch, t))
+                        d, c = self.depth_and_context(imgs[:, t], self.camera_inputs(batch, t))
                         e2i = batch.ego2img[:, t].float() @ torch.linalg.inv(batch.cur_from_prev[:, t].float())
                         frames.append(self.lift_frame(d, c, e2i, image_hw))
                 else:
