@@ -42,6 +42,7 @@ per variant; the paired (same seed) differences ``bevnext - bevformer_v2``, ``be
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -130,22 +131,23 @@ def probe_columns(p: RunPlan, val_shards: Path, steps: int) -> dict[str, float]:
     if VARIANTS[p.variant].config == BEVFORMER:
         return {c: math.nan for c in (*DEPTH_COLUMNS, *CENTRE_COLUMNS)}
     weights = p.eval_checkpoint(steps)
-    loaded: list = []
 
-    def loader(**over):
-        if not loaded:
-            loaded.extend(load_model(weights))  # (model in eval mode, run config)
-        data = eval_loader_config(str(val_shards), loaded[1].get("data"), num_workers=0,
-                                  overrides={"load_points": True, **over})
-        return loaded[0], build_loader(data)
+    @functools.cache
+    def model_and_config():
+        return load_model(weights)  # (model in eval mode, run config): loaded once, only when a probe runs
+
+    def batches(load_points: bool):
+        model, run_cfg = model_and_config()
+        data = eval_loader_config(str(val_shards), run_cfg.get("data"), num_workers=0,
+                                  overrides={"load_points": load_points})
+        return model, build_loader(data)
 
     def depth():
-        model, batches = loader()
-        return [r.to_dict() for r in depth_quality(model, islice(batches, 0, None, DEPTH_EVERY), DEPTH_SAMPLES)]
+        model, loader = batches(load_points=True)
+        return [r.to_dict() for r in depth_quality(model, islice(loader, 0, None, DEPTH_EVERY), DEPTH_SAMPLES)]
 
     def centres():
-        model, batches = loader(load_points=False)
-        return centre_quality(model, batches).to_dict()
+        return centre_quality(*batches(load_points=False)).to_dict()
 
     rows = overall([DepthRow(**r) for r in _cached(p, "depth_quality", weights, [DEPTH_SAMPLES, DEPTH_EVERY], depth)])
     ctr = _cached(p, "centre_quality", weights, ["all"], centres)

@@ -124,8 +124,9 @@ def centre_quality(model, batches: Iterable, samples: int | None = None) -> Cent
     overall = box_stats(e)
     per_class = {CLASSES[c]: box_stats({k: v[e["label"] == c] for k, v in e.items()})
                  for c in e["label"].unique().tolist()}
-    return CentreStats(n, len(hit), overall["moving"], float(hit.mean()) if len(hit) else math.nan, overall["vel_err"],
-                       overall["yaw_err"], overall["axis_err"], overall["speed"], overall["rot_norm"], per_class)
+    overall.pop("boxes")
+    return CentreStats(samples=n, objects=len(hit), recall=float(hit.mean()) if len(hit) else math.nan,
+                       per_class=per_class, **overall)
 
 
 def format_per_class(stats: CentreStats) -> str:

@@ -59,7 +59,7 @@ def test_velocity_error_leaves_out_gt_without_velocity():
     assert stats["moving"] == int(t["mask"].sum()) - 1 and stats["vel_err"] < 1e-5 and stats["yaw_err"] < 1e-4
 
 
-def test_centre_quality_streams_a_temporal_model_with_its_history():
+def test_centre_quality_runs_a_temporal_model_on_single_frame_batches():
     torch.manual_seed(0)
     cfg = model_config_from_dict({"preset": "bevnext_tiny", "bev": {"bev_h": 16, "bev_w": 16},
                                   "temporal": {"offsets": [-1, 0]}})
